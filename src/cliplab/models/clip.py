@@ -1,0 +1,49 @@
+"""The CLIP model: an image tower and a text tower joined by a learned temperature."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CLIP(nn.Module):
+    """Two towers projecting into one embedding space.
+
+    `logit_scale` is stored in log space (init ln(1/0.07)) and clamped to [0, ln 100] by the training
+    module after every optimizer step. `logit_bias` exists only for sigmoid (SigLIP) losses.
+    """
+
+    def __init__(
+        self,
+        image_tower: nn.Module,
+        text_tower: nn.Module,
+        embed_dim: int,
+        init_logit_scale: float = math.log(1 / 0.07),
+        init_logit_bias: float | None = None,
+    ):
+        super().__init__()
+        for name, tower in (("image", image_tower), ("text", text_tower)):
+            if getattr(tower, "output_dim", embed_dim) != embed_dim:
+                raise ValueError(f"{name} tower outputs {tower.output_dim} features but embed_dim is {embed_dim}")
+        self.embed_dim = embed_dim
+        self.visual = image_tower
+        self.text = text_tower
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
+        self.logit_bias = None if init_logit_bias is None else nn.Parameter(torch.tensor(float(init_logit_bias)))
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.visual(images)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.text(tokens)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict:
+        return {
+            "image_features": self.encode_image(images, normalize=True),
+            "text_features": self.encode_text(tokens, normalize=True),
+            "logit_scale": self.logit_scale.exp(),
+            "logit_bias": self.logit_bias,
+        }
