@@ -1,0 +1,49 @@
+# cliplab: `make help` lists the targets. Every target sets up what it needs and is idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.cliplab-installed
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-deepspeed data train test test-full lint format bench sweep report clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -c "import torch, torchvision.ops, timm; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $@
+
+install: $(STAMP) ## Create the virtual environment with every dependency (once; reused afterwards)
+
+install-deepspeed: $(STAMP) ## Add DeepSpeed (GPU machines; builds its ops at first use)
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[deepspeed]'
+
+data: $(STAMP) ## Fetch and build the default emoji data set into the cache (once)
+	$(PY) -m cliplab.data.prepare
+
+train: data ## Train + evaluate the default small CLIP on the CPU (ARGS="model=... trainer=..." to change)
+	$(PY) src/train.py $(ARGS)
+
+test: $(STAMP) ## Run the default test suite
+	$(PY) -m pytest -q $(ARGS)
+
+test-full: $(STAMP) ## Run every test, slow ones included (GPU tests skip without a GPU)
+	$(PY) -m pytest -q -m "not gpu and not multigpu or gpu or multigpu" $(ARGS)
+
+lint: $(STAMP) ## ruff check + format check
+	$(VENV)/bin/ruff check src tests bench && $(VENV)/bin/ruff format --check src tests bench
+
+format: $(STAMP) ## Apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix src tests bench && $(VENV)/bin/ruff format src tests bench
+
+bench: $(STAMP) ## Benchmarks side by side with open_clip (prints tables; writes bench/results/)
+	$(PY) -m bench $(ARGS)
+
+clean: ## Remove run outputs (keeps the environment and the data cache)
+	rm -rf logs outputs multirun wandb lightning_logs .pytest_cache

@@ -1,0 +1,89 @@
+"""The LightningModule: a CLIP model, a contrastive loss, AdamW and a schedule, all from plain config."""
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+
+from cliplab.lit.param_groups import param_groups
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+class CLIPModule(pl.LightningModule):
+    """Trains a CLIP model.
+
+    The constructor takes plain config dicts (never modules), so the checkpoint holds everything needed
+    to rebuild the run; the towers are built in `configure_model`, the hook sharded strategies and
+    `load_from_checkpoint` both call. `config` is the fully resolved run config, stored for evaluation.
+    """
+
+    def __init__(
+        self,
+        model: dict,
+        loss: dict,
+        optim: dict,
+        scheduler: dict | None = None,
+        compile: bool = False,
+        config: dict | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = None
+        self.loss_fn = instantiate(loss)
+        self.tokenizer = instantiate(model["text_tower"]["tokenizer"]) if "tokenizer" in model["text_tower"] else None
+        self.samples_seen = 0
+
+    def configure_model(self) -> None:
+        if self.model is not None:  # idempotent: called by fit, by load_from_checkpoint and by strategies
+            return
+        self.model = instantiate(self.hparams.model, _convert_="object")
+        if self.hparams.compile:
+            # Compile the towers, not the CLIP module, so state-dict keys keep no `_orig_mod.` prefix.
+            for tower in (self.model.visual, self.model.text):
+                tower.compile()
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict:
+        return self.model(images, tokens)
+
+    def _step_loss(self, batch) -> tuple[torch.Tensor, dict]:
+        images, tokens = batch
+        out = self.model(images, tokens)
+        loss = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"])
+        return loss, out
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, out = self._step_loss(batch)
+        self.samples_seen += batch[0].shape[0] * self.trainer.world_size
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/logit_scale", out["logit_scale"].detach())
+        self.log("train/samples_seen", float(self.samples_seen))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        loss, _ = self._step_loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch[0].shape[0])
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # The one place the temperature is clamped: at most 100, as in the CLIP paper.
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+    def configure_optimizers(self) -> Any:
+        optim_cfg = dict(self.hparams.optim)
+        weight_decay = optim_cfg.pop("weight_decay", 0.0)
+        optimizer = instantiate(optim_cfg, params=param_groups(self, weight_decay))
+        if not self.hparams.scheduler:
+            return optimizer
+        total_steps = self.trainer.estimated_stepping_batches
+        scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer, total_steps=total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["samples_seen"] = self.samples_seen
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.samples_seen = checkpoint.get("samples_seen", 0)

@@ -1,0 +1,92 @@
+"""train(cfg): validate, instantiate, fit, evaluate, report. The entry points only call this."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cliplab.lit.module import CLIPModule
+from cliplab.utils.errors import ConfigError
+from cliplab.utils.results import final_results, write_results
+from cliplab.utils.wandb_mode import ensure_wandb_mode, finish_wandb
+from cliplab.validate import validate
+
+log = logging.getLogger("cliplab")
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Every `_target_` entry of a group such as `callbacks` or `logger` (entries may be null)."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def build_datamodule(cfg: DictConfig, tokenizer) -> pl.LightningDataModule:
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer, _recursive_=False)
+    if hasattr(datamodule, "check"):
+        datamodule.check()  # missing or empty data stops here, before any model is built
+    return datamodule
+
+
+def build_module(cfg: DictConfig) -> CLIPModule:
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return CLIPModule(
+        model=resolved["model"],
+        loss=resolved["loss"],
+        optim=resolved["optim"],
+        scheduler=resolved.get("scheduler"),
+        compile=cfg.get("compile", False),
+        config=resolved,
+    )
+
+
+def build_callbacks(cfg: DictConfig) -> list:
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    if cfg.get("zeroshot"):
+        from cliplab.callbacks.zeroshot import ZeroShotCallback
+
+        callbacks.append(ZeroShotCallback(benchmarks=cfg.zeroshot))
+    return callbacks
+
+
+def save_config(cfg: DictConfig, output_dir: Path) -> None:
+    """The fully resolved config, next to the checkpoints (rank 0 only)."""
+    if pl.utilities.rank_zero_only.rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Trains (and evaluates) one run; returns the final metrics."""
+    validate(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    ensure_wandb_mode()
+    try:
+        tokenizer = instantiate(cfg.model.text_tower.tokenizer)
+    except Exception as err:  # a tokenizer that cannot load its vocabulary is a setup problem
+        raise ConfigError(f"cannot build the tokenizer of model.text_tower: {err}") from err
+    datamodule = build_datamodule(cfg, tokenizer)
+    module = build_module(cfg)
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False)
+
+    output_dir = Path(cfg.paths.output_dir)
+    save_config(cfg, output_dir)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.get("test") and trainer.is_global_zero:
+            results = final_results(trainer, metrics)
+            write_results(results, output_dir)
+            metrics["results"] = results
+        if trainer.is_global_zero:
+            (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        return metrics
+    finally:
+        finish_wandb()

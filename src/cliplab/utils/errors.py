@@ -1,0 +1,29 @@
+"""User-facing errors: one clear line, no stack trace."""
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("cliplab")
+
+
+class CliplabError(Exception):
+    """A problem the user can fix (bad config, missing data, wrong hardware): the message says how."""
+
+
+class ConfigError(CliplabError):
+    """An invalid or inconsistent configuration."""
+
+
+class DataError(CliplabError):
+    """Missing, empty or corrupt data."""
+
+
+def exit_on_user_error(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Runs `fn`; a `CliplabError` becomes one line on stderr and exit status 2."""
+    try:
+        return fn(*args, **kwargs)
+    except CliplabError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)

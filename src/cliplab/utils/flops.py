@@ -1,0 +1,19 @@
+"""Model FLOPs of a training step, counted once on the meta device (no memory, no compute)."""
+
+import torch
+from hydra.utils import instantiate
+from lightning_fabric.utilities.throughput import measure_flops
+
+
+def train_flops_per_sample(model_cfg: dict) -> int:
+    """Forward + backward FLOPs of one image-text pair through both towers (matmuls and convolutions)."""
+    with torch.device("meta"):
+        model = instantiate(model_cfg, _convert_="object")
+        size, length = model_cfg["image_size"], model_cfg["context_length"]
+        images = torch.empty(1, 3, size, size)
+        tokens = torch.zeros(1, length, dtype=torch.long)
+    return measure_flops(
+        model,
+        lambda: model(images, tokens),
+        lambda out: out["image_features"].sum() + out["text_features"].sum(),
+    )

@@ -1,0 +1,125 @@
+"""Cross-field rules checked before any heavy work; each failure is one line saying how to fix it."""
+
+import importlib.util
+import numbers
+
+import torch
+from omegaconf import DictConfig
+
+from cliplab.utils.errors import ConfigError
+
+CONTRASTIVE_LOSSES = ("ClipLoss", "SigLipLoss", "ChunkedClipLoss")
+
+
+def _choice(cfg: DictConfig, group: str, default: str) -> str:
+    """The config-group option the user picked (`trainer=ddp` -> 'ddp'), for messages."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get(group, default)
+    except ValueError:  # composed without @hydra.main (tests, notebooks)
+        return default
+
+
+def _strategy_target(cfg: DictConfig) -> str:
+    strategy = cfg.trainer.get("strategy")
+    if isinstance(strategy, str):
+        return strategy
+    return strategy.get("_target_", "") if strategy is not None else ""
+
+
+def check_types(cfg: DictConfig) -> None:
+    """Overrides arrive as strings only when mistyped (`trainer.max_epochs=ten`): name the key."""
+    rules = [
+        ("trainer.max_epochs", numbers.Integral),
+        ("trainer.max_steps", numbers.Integral),
+        ("trainer.accumulate_grad_batches", numbers.Integral),
+        ("data.batch_size", numbers.Integral),
+        ("data.num_workers", numbers.Integral),
+        ("optim.lr", numbers.Real),
+        ("optim.weight_decay", numbers.Real),
+        ("seed", numbers.Integral),
+    ]
+    for key, kind in rules:
+        node, *path = key.split(".")
+        value = cfg.get(node)
+        for part in path:
+            value = value.get(part) if isinstance(value, DictConfig) else None
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind):
+            expected = "an integer" if kind is numbers.Integral else "a number"
+            raise ConfigError(f"{key}={value!r} must be {expected}, e.g. {key}={3 if expected[1] == 'n' else 1e-4}")
+    if cfg.data.get("batch_size", 1) <= 0:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be positive")
+
+
+def check_hardware(cfg: DictConfig) -> None:
+    trainer = cfg.trainer
+    choice = _choice(cfg, "trainer", "the trainer")
+    strategy = _strategy_target(cfg)
+    wants_gpu = trainer.get("accelerator") in ("gpu", "cuda") or "DeepSpeed" in strategy
+    if "DeepSpeed" in strategy and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            f"trainer={choice} needs DeepSpeed, which is not installed: `make install-deepspeed` "
+            "(or pip install deepspeed), or pick trainer=fsdp"
+        )
+    if wants_gpu and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer={choice} needs a CUDA GPU but none is visible here; use trainer=cpu, or trainer=ddp "
+            "trainer.accelerator=cpu trainer.devices=2 for data parallel on CPU"
+        )
+    devices = trainer.get("devices")
+    if wants_gpu and isinstance(devices, int) and devices > torch.cuda.device_count():
+        raise ConfigError(
+            f"trainer.devices={devices} but only {torch.cuda.device_count()} GPU(s) are visible; "
+            f"set trainer.devices<={torch.cuda.device_count()}"
+        )
+
+
+def world_size(cfg: DictConfig) -> int | None:
+    """Number of training processes, when the config fixes it."""
+    devices, nodes = cfg.trainer.get("devices"), cfg.trainer.get("num_nodes", 1) or 1
+    if isinstance(devices, int):
+        return devices * nodes
+    if isinstance(devices, (list, tuple)) or (hasattr(devices, "__len__") and not isinstance(devices, str)):
+        return len(devices) * nodes
+    if devices in ("auto", None) and cfg.trainer.get("accelerator") in ("gpu", "cuda"):
+        return max(torch.cuda.device_count(), 1) * nodes
+    if devices in ("auto", None):
+        return nodes
+    return None
+
+
+def check_batch(cfg: DictConfig) -> None:
+    size = world_size(cfg)
+    batch = cfg.data.get("batch_size")
+    if size and batch and batch % size:
+        raise ConfigError(
+            f"data.batch_size={batch} (the global batch) does not divide across {size} devices; "
+            f"use a multiple of {size}, e.g. data.batch_size={(batch // size + 1) * size}"
+        )
+
+
+def check_loss(cfg: DictConfig) -> None:
+    target = str(cfg.loss.get("_target_", ""))
+    name = target.rsplit(".", 1)[-1]
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1) or 1
+    if accumulate > 1 and name in CONTRASTIVE_LOSSES:
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches={accumulate} with {name}: plain gradient accumulation computes the "
+            "contrastive loss per micro-batch, so each sample sees only its micro-batch as negatives (a different, "
+            "weaker objective); use loss=clip_gradcache (feature-cache accumulation, exact) or a larger data.batch_size"
+        )
+    if "SigLip" in name and cfg.model.get("init_logit_bias") is None:
+        raise ConfigError(
+            "loss=siglip needs a learned bias: set model.init_logit_bias=-10 (and model.init_logit_scale=2.3026, ln 10)"
+        )
+
+
+def validate(cfg: DictConfig) -> None:
+    """All rules that need no data and no model; raises ConfigError with the first problem found."""
+    check_types(cfg)
+    check_loss(cfg)
+    check_batch(cfg)
+    check_hardware(cfg)
