@@ -1,0 +1,6 @@
+"""Contrastive losses: `loss(image_features, text_features, logit_scale, logit_bias=None) -> scalar`."""
+
+from cliplab.losses.clip_loss import ClipLoss
+from cliplab.losses.siglip_loss import SigLipLoss
+
+__all__ = ["ClipLoss", "SigLipLoss"]

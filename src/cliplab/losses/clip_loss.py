@@ -1,0 +1,38 @@
+"""Symmetric InfoNCE (CLIP) loss over the global batch."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cliplab.losses.gather import all_gather_with_grad, rank_and_world_size
+
+
+class ClipLoss(nn.Module):
+    """Cross-entropy of image->text and text->image logits, averaged.
+
+    Distributed: every rank gathers all ranks' features (with gradient) and scores only its own rows
+    against all columns, so logits are `local x global`, never `global x global`; targets sit at
+    `rank * local + i`. The returned value is the mean over this rank's rows; its mean over ranks is the
+    loss of the concatenated batch, and with DDP's gradient averaging the parameter gradients equal the
+    single-process gradients of that batch (the gather's backward sums every rank's contribution).
+    All ranks must have the same local batch size.
+
+    `logit_bias` is accepted for interface symmetry and ignored: a constant shift of every logit does
+    not change a softmax.
+    """
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        rank, _ = rank_and_world_size()
+        all_image = all_gather_with_grad(image_features)
+        all_text = all_gather_with_grad(text_features)
+        local = image_features.shape[0]
+        targets = torch.arange(local, device=image_features.device) + rank * local
+        logits_per_image = logit_scale * image_features @ all_text.T
+        logits_per_text = logit_scale * text_features @ all_image.T
+        return 0.5 * (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets))

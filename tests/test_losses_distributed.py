@@ -1,0 +1,98 @@
+"""Two CPU processes (gloo, DDP) give the same loss and parameter gradients as one process on the
+concatenated batch, for every gathered loss."""
+
+import math
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from cliplab.losses import ClipLoss, SigLipLoss
+from cliplab.models.clip import CLIP
+
+WORLD_SIZE = 2
+LOCAL_BATCH = 6
+IMAGE_IN, TEXT_IN, EMBED = 10, 7, 8
+
+# name -> (loss factory, model has a logit bias)
+LOSSES = {
+    "clip": (ClipLoss, False),
+    "siglip": (SigLipLoss, True),
+}
+
+
+class LinearTower(nn.Linear):
+    """A tower that is one linear map: enough to give the loss real parameter gradients."""
+
+    @property
+    def output_dim(self) -> int:
+        return self.out_features
+
+
+def _model(with_bias: bool) -> CLIP:
+    torch.manual_seed(0)
+    model = CLIP(
+        LinearTower(IMAGE_IN, EMBED),
+        LinearTower(TEXT_IN, EMBED),
+        EMBED,
+        init_logit_scale=math.log(10.0),
+        init_logit_bias=-5.0 if with_bias else None,
+    )
+    return model.double()
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    n = WORLD_SIZE * LOCAL_BATCH
+    return torch.randn(n, IMAGE_IN, generator=g, dtype=torch.float64), torch.randn(
+        n, TEXT_IN, generator=g, dtype=torch.float64
+    )
+
+
+def _loss_and_grads(model, loss_fn, images, texts):
+    out = model(images, texts)
+    loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"])
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def _worker(rank: int, port: int, result_path: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    torch.set_num_threads(1)
+    images, texts = _batch()
+    rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+    results = {}
+    for name, (make_loss, with_bias) in LOSSES.items():
+        model = DistributedDataParallel(_model(with_bias))  # averages gradients over ranks
+        loss, grads = _loss_and_grads(model, make_loss(), images[rows], texts[rows])
+        dist.all_reduce(loss)
+        grads = {key.removeprefix("module."): value for key, value in grads.items()}
+        results[name] = (loss / WORLD_SIZE, grads)
+    if rank == 0:
+        torch.save(results, result_path)
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_losses_equal_single_process(tmp_path):
+    result_path = str(tmp_path / "results.pt")
+    mp.spawn(_worker, args=(_free_port(), result_path), nprocs=WORLD_SIZE, join=True)
+    results = torch.load(result_path)
+    images, texts = _batch()
+    for name, (make_loss, with_bias) in LOSSES.items():
+        expected_loss, expected_grads = _loss_and_grads(_model(with_bias), make_loss(), images, texts)
+        loss, grads = results[name]
+        torch.testing.assert_close(loss, expected_loss, rtol=1e-6, atol=0, msg=f"{name} loss")
+        assert grads.keys() == expected_grads.keys()
+        for key, expected in expected_grads.items():
+            torch.testing.assert_close(grads[key], expected, rtol=1e-6, atol=1e-12, msg=f"{name} grad {key}")
