@@ -7,7 +7,7 @@ STAMP := $(VENV)/.cliplab-installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-deepspeed data train test test-full lint format bench sweep report clean
+.PHONY: help install data train test test-full lint format bench sweep report clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -16,13 +16,12 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# DeepSpeed's setup imports torch: build it against the torch just installed
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[deepspeed]'
 	$(PY) -c "import torch, torchvision.ops, timm; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	touch $@
 
 install: $(STAMP) ## Create the virtual environment with every dependency (once; reused afterwards)
-
-install-deepspeed: $(STAMP) ## Add DeepSpeed (GPU machines; builds its ops at first use)
-	$(PY) -m pip install --quiet --no-build-isolation -e '.[deepspeed]'
 
 data: $(STAMP) ## Fetch and build the default emoji data set into the cache (once)
 	$(PY) -m cliplab.data.prepare

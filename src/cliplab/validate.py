@@ -61,8 +61,8 @@ def check_hardware(cfg: DictConfig) -> None:
     wants_gpu = trainer.get("accelerator") in ("gpu", "cuda") or "DeepSpeed" in strategy
     if "DeepSpeed" in strategy and importlib.util.find_spec("deepspeed") is None:
         raise ConfigError(
-            f"trainer={choice} needs DeepSpeed, which is not installed: `make install-deepspeed` "
-            "(or pip install deepspeed), or pick trainer=fsdp"
+            f"trainer={choice} needs DeepSpeed, which is not installed: `pip install --no-build-isolation deepspeed` "
+            "(make install does it), or pick trainer=fsdp"
         )
     if wants_gpu and not torch.cuda.is_available():
         raise ConfigError(

@@ -40,6 +40,10 @@ class CLIPModule(pl.LightningModule):
         if self.model is not None:  # idempotent: called by fit, by load_from_checkpoint and by strategies
             return
         self.model = instantiate(self.hparams.model, _convert_="object")
+        if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2, one shard unit per tower block
+            from cliplab.lit.sharding import shard_model
+
+            shard_model(self.model, self.device_mesh)
         if self.hparams.compile:
             # Compile the towers, not the CLIP module, so state-dict keys keep no `_orig_mod.` prefix.
             for tower in (self.model.visual, self.model.text):

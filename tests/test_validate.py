@@ -1,0 +1,41 @@
+"""Bad configs stop before any heavy work, with one line that says what to change."""
+
+import pytest
+import torch
+
+from cliplab.utils.errors import ConfigError
+from cliplab.validate import validate
+
+
+def check(cfg_factory, overrides):
+    validate(cfg_factory(overrides))
+
+
+def test_default_config_is_valid(cfg_factory):
+    check(cfg_factory, [])
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["trainer.max_epochs=ten"], "trainer.max_epochs='ten' must be an integer"),
+        (["data.batch_size=1.5"], "data.batch_size"),
+        (["optim.lr=fast"], "optim.lr"),
+        (["data.batch_size=0"], "must be positive"),
+        (["trainer.accumulate_grad_batches=4"], "accumulate_grad_batches=4"),
+        (["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=3", "data.batch_size=64"], "divide across 3"),
+        (["loss=siglip"], "model.init_logit_bias"),
+    ],
+)
+def test_bad_config_is_one_clear_line(cfg_factory, overrides, fragment):
+    with pytest.raises(ConfigError) as err:
+        check(cfg_factory, overrides)
+    message = str(err.value)
+    assert fragment in message and "\n" not in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+@pytest.mark.parametrize("trainer", ["gpu", "fsdp", "deepspeed"])
+def test_gpu_trainers_refuse_cpu_only_machines(cfg_factory, trainer):
+    with pytest.raises(ConfigError, match=f"trainer={trainer}|needs|GPU"):
+        check(cfg_factory, [f"trainer={trainer}"])
