@@ -1,0 +1,122 @@
+"""Transformer pieces shared by CLIP-style towers, with OpenAI/open_clip parameter names.
+
+Parameter names follow OpenAI's `clip/model.py` (`attn.in_proj_weight`, `mlp.c_fc`, ...) so that released
+checkpoints load without renaming; attention itself runs through `F.scaled_dot_product_attention`, which
+picks a fused kernel and gives the same result as an explicit softmax.
+"""
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class QuickGELU(nn.Module):
+    """`x * sigmoid(1.702 x)`: the GELU approximation OpenAI's CLIP weights were trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def make_activation(name: str) -> nn.Module:
+    if name == "quick_gelu":
+        return QuickGELU()
+    if name == "gelu":
+        return nn.GELU()
+    raise ValueError(f"unknown activation {name!r}; expected 'quick_gelu' or 'gelu'")
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 and cast back, so fp16/bf16 weights keep the statistics stable."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with packed q/k/v projections (nn.MultiheadAttention's parameter layout)."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self, x: torch.Tensor, is_causal: bool = False, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        batch, length, width = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        # [B, L, 3, H, D] -> three [B, H, L, D]
+        q, k, v = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu"):
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.ln_1 = LayerNorm(width)
+        self.attn = SelfAttention(width, heads)
+        self.ln_2 = LayerNorm(width)
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [
+                    ("c_fc", nn.Linear(width, hidden)),
+                    ("gelu", make_activation(act)),
+                    ("c_proj", nn.Linear(hidden, width)),
+                ]
+            )
+        )
+
+    def forward(
+        self, x: torch.Tensor, is_causal: bool = False, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), is_causal=is_causal, attn_mask=attn_mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of residual attention blocks over batch-first `[B, L, W]` sequences."""
+
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu"):
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.grad_checkpointing = False
+        self.resblocks = nn.ModuleList(
+            ResidualAttentionBlock(width, heads, mlp_ratio, act) for _ in range(layers)
+        )
+
+    def forward(
+        self, x: torch.Tensor, is_causal: bool = False, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        for block in self.resblocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, is_causal, attn_mask, use_reentrant=False)
+            else:
+                x = block(x, is_causal=is_causal, attn_mask=attn_mask)
+        return x
+
+    def init_openai_(self) -> None:
+        """OpenAI's init: std W^-0.5 for q/k/v, scaled by (2L)^-0.5 for the residual outputs."""
+        attn_std = self.width**-0.5
+        proj_std = attn_std * (2 * self.layers) ** -0.5
+        fc_std = (2 * self.width) ** -0.5
+        for block in self.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
