@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss as OpenClipLoss
 from open_clip.loss import SigLipLoss as OpenSigLipLoss
 
-from cliplab.losses import ClipLoss, SigLipLoss
+from cliplab.losses import ChunkedClipLoss, ClipLoss, SigLipLoss
 
 
 def _features(n: int, dim: int, seed: int = 0, dtype=torch.float64):
@@ -75,3 +75,37 @@ def test_siglip_requires_bias():
     image, text = _features(4, 8)
     with pytest.raises(ValueError, match="init_logit_bias"):
         SigLipLoss()(image, text, torch.tensor(math.log(10)))
+
+
+@pytest.mark.parametrize(("n", "block_size"), [(1, 1), (37, 8), (64, 64), (50, 1000)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_chunked_clip_loss_equals_plain(n, block_size, dtype):
+    image, text = _features(n, 16, seed=3, dtype=dtype)
+    scale = torch.tensor(30.0, dtype=dtype)
+    ours, our_grads = _value_and_grads(ChunkedClipLoss(block_size), image, text, scale)
+    ref, ref_grads = _value_and_grads(ClipLoss(), image, text, scale)
+    loss_tol, grad_tol = (1e-12, 1e-10) if dtype == torch.float64 else (1e-6, 1e-5)
+    torch.testing.assert_close(ours, ref, rtol=loss_tol, atol=loss_tol)  # n=1: the loss is 0
+    for a, b in zip(our_grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=grad_tol, atol=grad_tol * b.abs().max().item())
+
+
+def test_chunked_clip_loss_is_stable_at_large_scale():
+    # logits up to +-100 (the clamp limit): log-sum-exps must not overflow or underflow in fp32
+    image, text = _features(40, 8, seed=4, dtype=torch.float32)
+    scale = torch.tensor(100.0)
+    ours, our_grads = _value_and_grads(ChunkedClipLoss(7), image, text, scale)
+    ref, ref_grads = _value_and_grads(ClipLoss(), image, text, scale)
+    assert torch.isfinite(ours)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(our_grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+def test_chunked_clip_loss_half_inputs_accumulate_in_fp32():
+    image, text = _features(32, 16, seed=5, dtype=torch.float32)
+    scale = torch.tensor(20.0)
+    ref = ClipLoss()(image, text, scale)
+    ours = ChunkedClipLoss(8)(image.bfloat16(), text.bfloat16(), scale)
+    assert ours.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), ref, rtol=2e-2, atol=0)

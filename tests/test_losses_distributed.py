@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cliplab.losses import ClipLoss, SigLipLoss
+from cliplab.losses import ChunkedClipLoss, ClipLoss, SigLipLoss
 from cliplab.models.clip import CLIP
 
 WORLD_SIZE = 2
@@ -22,6 +22,8 @@ IMAGE_IN, TEXT_IN, EMBED = 10, 7, 8
 LOSSES = {
     "clip": (ClipLoss, False),
     "siglip": (SigLipLoss, True),
+    # blocks of 4 rows over a local batch of 6: a full and a partial block on every rank
+    "clip_chunked": (lambda: ChunkedClipLoss(block_size=4), False),
 }
 
 

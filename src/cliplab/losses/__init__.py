@@ -1,6 +1,7 @@
 """Contrastive losses: `loss(image_features, text_features, logit_scale, logit_bias=None) -> scalar`."""
 
+from cliplab.losses.chunked_clip_loss import ChunkedClipLoss
 from cliplab.losses.clip_loss import ClipLoss
 from cliplab.losses.siglip_loss import SigLipLoss
 
-__all__ = ["ClipLoss", "SigLipLoss"]
+__all__ = ["ChunkedClipLoss", "ClipLoss", "SigLipLoss"]
