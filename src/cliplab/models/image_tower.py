@@ -1,0 +1,250 @@
+"""Image towers built from timm models (CLIP ViTs, CLIP ResNets, any timm backbone).
+
+Key layout (relative to the tower, i.e. under `visual.` in a CLIP), shared with open_clip's `TimmModel`:
+`trunk.*` is the timm model; `head.pool.*` an optional attention pool added for backbones without one;
+`head.proj.weight` (bias-free linear, like OpenAI's `visual.proj` transposed) or `head.mlp.fc{1,2}.*`.
+The CLIP ResNets keep timm's own attention-pool head inside the trunk (`trunk.head.*`); it already
+projects to `embed_dim` with a biased linear, exactly like OpenAI's `attnpool.c_proj`.
+"""
+
+import logging
+from typing import Literal
+
+import timm
+import torch
+from timm.layers import AttentionPool2d, Mlp
+from timm.models import group_parameters
+from timm.models._registry import model_entrypoint
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+Pool = Literal["token", "avg", "attn"]
+Proj = Literal["linear", "mlp", "none"]
+
+# timm uses these names for its global pooling; "attn" means a different thing per family.
+_VIT_POOL = {"token": "token", "avg": "avg", "attn": "map"}
+_CNN_POOL = {"token": "token", "avg": "avg", "attn": ""}
+
+
+def _family(model_name: str) -> str:
+    """'vit', 'byob' (incl. the CLIP ResNets) or 'other', from the module that registers the model."""
+    module = model_entrypoint(model_name).__module__
+    if module.endswith(".vision_transformer"):
+        return "vit"
+    if module.endswith(".byobnet"):
+        return "byob"
+    return "other"
+
+
+class TimmImageTower(nn.Module):
+    """`forward(images [B, 3, H, W]) -> [B, output_dim]` (not normalised).
+
+    Args:
+        model_name: any timm model name (e.g. `vit_base_patch32_clip_224`, `resnet50_clip`, `convnext_tiny`).
+        embed_dim: output width (the joint embedding size).
+        image_size: input resolution; ViTs and CLIP ResNets size their positional embeddings to it.
+        pretrained: load timm's pretrained weights (needs the hub or timm's cache).
+        checkpoint_path: a local file for the tower: OpenAI/open_clip `visual.*` layout, this tower's
+            layout, or a bare timm state dict (loaded safely, see `cliplab.models.safe_load`).
+        pool: "token" (CLS), "avg", "attn" (ViT: timm's MAP head; CNN: an attention pool), None = the
+            model's own (CLS for ViTs, attention pool for CLIP ResNets, avg otherwise).
+        proj: "linear" (bias-free), "mlp" (hidden 2 * embed_dim), "none"; None = "none" when the model's own
+            head already projects (CLIP ResNets), else "linear".
+        patch_dropout: FLIP patch dropout rate for ViTs (class token kept; active in training only).
+        act: activation override ("quick_gelu" for OpenAI weights, "gelu").
+        grad_checkpointing: start with activation checkpointing on.
+        layers: block count per stage for ByobNet models (e.g. `[1, 1, 1, 1]` for a tiny CLIP ResNet).
+        width: transformer width of a ViT (timm's `embed_dim`, renamed because ours is the output size).
+        **timm_kwargs: passed to `timm.create_model` (e.g. `depth`, `num_heads` for ViTs,
+            `width_factor` for ByobNets).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        embed_dim: int,
+        image_size: int | None = None,
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        pool: Pool | None = None,
+        proj: Proj | None = None,
+        patch_dropout: float = 0.0,
+        act: str | None = None,
+        grad_checkpointing: bool = False,
+        layers: list[int] | None = None,
+        width: int | None = None,
+        **timm_kwargs,
+    ):
+        super().__init__()
+        self.model_name = model_name
+        self.image_size = image_size
+        family = _family(model_name)
+        self.family = family
+        kwargs = dict(timm_kwargs)
+        if image_size is not None and family in ("vit", "byob"):
+            kwargs["img_size"] = image_size
+        if act is not None:
+            kwargs["act_layer"] = act
+        if patch_dropout:
+            if family != "vit":
+                raise ValueError(f"patch_dropout needs a ViT, {model_name} is not one")
+            kwargs["patch_drop_rate"] = patch_dropout
+        if width is not None:
+            if family != "vit":
+                raise ValueError(f"`width` applies to ViTs; use width_factor for {model_name}")
+            kwargs["embed_dim"] = width  # timm's name for the transformer width
+        if layers is not None:
+            kwargs["blocks"] = _byob_blocks_with_depths(model_name, layers)
+
+        own_attn_head = family == "byob" and _byob_head_type(model_name) in ("attn_abs", "attn_rot")
+        if proj is None:
+            proj = "none" if own_attn_head and pool in (None, "attn", "token") else "linear"
+        if pool is None:
+            pool = "token" if family == "vit" else ("attn" if own_attn_head else "avg")
+        self.pool, self.proj_type = pool, proj
+
+        extra_attn_pool = pool == "attn" and family != "vit" and not own_attn_head
+        if own_attn_head and pool == "avg":
+            raise ValueError(f"{model_name} pools by attention; use its '_gap' variant for average pooling")
+        # The model's own attention head projects to embed_dim when no further projection follows.
+        head_projects = own_attn_head and proj == "none"
+        global_pool = (_VIT_POOL if family == "vit" else _CNN_POOL)[pool]
+        if own_attn_head:
+            global_pool = "token"
+        self.trunk = timm.create_model(
+            model_name,
+            pretrained=pretrained,
+            num_classes=embed_dim if head_projects else 0,
+            global_pool=global_pool,
+            **kwargs,
+        )
+        feat_width = embed_dim if head_projects else self.trunk.num_features
+        if own_attn_head and not head_projects:
+            feat_width = self.trunk.head_hidden_size
+
+        self.head = nn.Module()
+        if extra_attn_pool:
+            feat = _final_feature_size(self.trunk, image_size)
+            # out_features=0: the pool keeps its width; the projection below maps to embed_dim.
+            self.head.pool = AttentionPool2d(feat_width, feat_size=feat, out_features=0, qkv_separate=True)
+        if proj == "linear":
+            self.head.proj = nn.Linear(feat_width, embed_dim, bias=False)
+            nn.init.normal_(self.head.proj.weight, std=feat_width**-0.5)
+        elif proj == "mlp":
+            self.head.mlp = Mlp(feat_width, 2 * embed_dim, embed_dim)
+        elif proj != "none":
+            raise ValueError(f"unknown proj {proj!r}; choose linear, mlp or none")
+        self.output_dim = embed_dim if proj != "none" else feat_width
+        self._frozen_norms: list[nn.Module] = []
+
+        if checkpoint_path is not None:
+            from cliplab.models.interop.image_weights import load_image_tower_checkpoint
+
+            load_image_tower_checkpoint(self, checkpoint_path)
+        self.set_grad_checkpointing(grad_checkpointing)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.head, "pool"):
+            x = self.head.pool(self.trunk.forward_features(images))
+        else:
+            x = self.trunk(images)
+        if hasattr(self.head, "proj"):
+            x = self.head.proj(x)
+        elif hasattr(self.head, "mlp"):
+            x = self.head.mlp(x)
+        return x
+
+    # ---- the tower contract -------------------------------------------------------------------------
+
+    def param_groups(self) -> list[list[str]]:
+        """Parameter names in order from input to output; timm's coarse groups, head in the last one."""
+        groups = group_parameters(self.trunk, self.trunk.group_matcher(coarse=True))
+        ordered = [[f"trunk.{n}" for n in names] for _, names in sorted(groups.items())]
+        ordered[-1].extend(f"head.{n}" for n, _ in self.head.named_parameters())
+        return ordered
+
+    def lock(self, unlocked_groups: int = 0, freeze_norm_stats: bool = False) -> None:
+        """Freeze the tower (LiT) except its last `unlocked_groups` parameter groups.
+
+        `freeze_norm_stats` also keeps the batch-norm layers of the frozen part in eval mode (their running
+        statistics stop updating) without changing the state-dict layout.
+        """
+        groups = self.param_groups()
+        frozen = groups[: max(len(groups) - unlocked_groups, 0)]
+        frozen_names = {n for g in frozen for n in g}
+        for name, param in self.named_parameters():
+            if name in frozen_names:
+                param.requires_grad_(False)
+        if freeze_norm_stats:
+            prefixes = tuple(n.rsplit(".", 1)[0] + "." for n in frozen_names)
+            self._frozen_norms = [
+                m
+                for n, m in self.named_modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and (n + ".").startswith(prefixes)
+            ]
+            self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in getattr(self, "_frozen_norms", []):
+            module.eval()
+        return self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.trunk.set_grad_checkpointing(enable)
+
+    def no_weight_decay(self) -> set[str]:
+        names = set()
+        if hasattr(self.trunk, "no_weight_decay"):
+            names |= {f"trunk.{n}" for n in self.trunk.no_weight_decay()}
+        if hasattr(self.head, "pool"):
+            names.add("head.pool.pos_embed")
+        own_head = getattr(self.trunk, "head", None)
+        if isinstance(own_head, AttentionPool2d):
+            names.add("trunk.head.pos_embed")
+        existing = {n for n, _ in self.named_parameters()}
+        return names & existing  # timm lists tokens (dist_token, reg_token) the model may not have
+
+    def block_classes(self) -> tuple[type, ...]:
+        classes: list[type] = []
+        for attr in ("blocks", "stages", "layers"):
+            container = getattr(self.trunk, attr, None)
+            if not isinstance(container, nn.Sequential | nn.ModuleList):
+                continue
+            for child in container:
+                # CNN stages hold a Sequential of blocks; transformer containers hold blocks directly.
+                items = child if isinstance(child, nn.Sequential) else [child]
+                for block in items:
+                    if type(block) not in classes:
+                        classes.append(type(block))
+            break
+        return tuple(classes)
+
+
+def _byob_cfg(model_name: str):
+    from timm.models.byobnet import model_cfgs
+
+    return model_cfgs[model_name.split(".")[0]]
+
+
+def _byob_head_type(model_name: str) -> str:
+    return _byob_cfg(model_name).head_type
+
+
+def _byob_blocks_with_depths(model_name: str, layers: list[int]):
+    """The stage configs of a ByobNet with other depths (timm overlays `blocks` onto the model config)."""
+    from dataclasses import replace
+
+    if _family(model_name) != "byob":
+        raise ValueError(f"`layers` applies to ByobNet models (e.g. resnet50_clip), not {model_name}")
+    blocks = _byob_cfg(model_name).blocks
+    if len(blocks) != len(layers):
+        raise ValueError(f"{model_name} has {len(blocks)} stages, got layers={list(layers)}")
+    return tuple(replace(b, d=int(d)) for b, d in zip(blocks, layers))
+
+
+def _final_feature_size(trunk: nn.Module, image_size: int | None) -> int:
+    size = image_size or trunk.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    reduction = trunk.feature_info[-1]["reduction"]
+    return max(size // reduction, 1)
