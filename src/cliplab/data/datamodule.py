@@ -1,0 +1,169 @@
+"""The Lightning data module: sources from config, transforms, per-device batching, fault accounting.
+
+Built as `instantiate(cfg.data, tokenizer=tokenizer)`. `train` / `val` are sources
+(`WebDatasetSource`, `TableSource`, `FolderSource`) or a plain string: a path ending in
+.csv/.tsv/.parquet is a table, anything else a webdataset shard specification. `batch_size` is the
+GLOBAL batch; `setup()` divides it by the trainer's world size. Batches are `(images, tokens)`: float
+`[B, 3, H, W]` normalised, long `[B, L]` (the raw captions when no tokenizer is given).
+"""
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from cliplab.data import transforms as T
+from cliplab.data.faults import FaultLog
+from cliplab.data.samples import Collate
+from cliplab.data.table_source import TABLE_SUFFIXES, TableSource
+from cliplab.data.webdataset_source import WebDatasetSource
+
+log = logging.getLogger(__name__)
+
+
+def as_source(spec, shuffle: bool):
+    if spec is None or hasattr(spec, "build"):
+        return spec
+    if isinstance(spec, str) and spec.lower().endswith(TABLE_SUFFIXES):
+        return TableSource(spec)
+    return WebDatasetSource(spec, shuffle=shuffle)
+
+
+class EpochDataLoader(DataLoader):
+    """Tells an iterable dataset which epoch starts, before the workers take their copy of it."""
+
+    _epochs_started = 0
+
+    def __iter__(self):
+        if hasattr(self.dataset, "set_epoch") and isinstance(self.dataset, IterableDataset):
+            self.dataset.set_epoch(self._epochs_started)
+            self._epochs_started += 1
+        return super().__iter__()
+
+
+class CLIPDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        train=None,
+        val=None,
+        batch_size: int = 256,
+        num_workers: int = 4,
+        image_size: int = 224,
+        mean=T.CLIP_MEAN,
+        std=T.CLIP_STD,
+        tokenizer=None,
+        train_transform=None,
+        val_transform=None,
+        val_batch_size: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        prefetch_factor: int = 2,
+        fault_dir: str | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.train_source = as_source(train, shuffle=True)
+        self.val_source = as_source(val, shuffle=False)
+        self.batch_size = int(batch_size)
+        self.val_batch_size = int(val_batch_size) if val_batch_size else None
+        self.num_workers = int(num_workers)
+        self.tokenizer = tokenizer
+        self.train_transform = train_transform or T.train_transform(image_size, mean, std)
+        self.val_transform = val_transform or T.eval_transform(image_size, mean, std)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers)
+        self.prefetch_factor = int(prefetch_factor)
+        self.faults = FaultLog(fault_dir)
+        self.seed = int(seed)
+        self.train_dataset = None
+        self.val_dataset = None
+        self.per_device_batch_size = None
+
+    # ---- setup -------------------------------------------------------------------------------------
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def setup(self, stage: str | None = None) -> None:
+        rank, world = self._rank_and_world()
+        if self.batch_size % world:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} (global) is not divisible by {world} devices"
+            )
+        self.per_device_batch_size = self.batch_size // world
+        common = {"rank": rank, "world_size": world, "seed": self.seed}
+        if self.train_source is not None and self.train_dataset is None and stage in (None, "fit"):
+            self.train_dataset = self.train_source.build(
+                self.train_transform,
+                self.faults,
+                batch_size=self.per_device_batch_size,
+                setting="data.train.urls",
+                train=True,
+                **common,
+            )
+        if self.val_source is not None and self.val_dataset is None and stage in (None, "fit", "validate"):
+            self.val_dataset = self.val_source.build(
+                self.val_transform,
+                self.faults,
+                batch_size=self._val_batch(),
+                setting="data.val.urls",
+                train=False,
+                **common,
+            )
+
+    def _val_batch(self) -> int:
+        return self.val_batch_size or self.per_device_batch_size or self.batch_size
+
+    # ---- loaders -----------------------------------------------------------------------------------
+    def _loader(self, dataset, transform, batch_size: int, train: bool) -> DataLoader:
+        iterable = isinstance(dataset, IterableDataset)
+        workers = self.num_workers
+        return EpochDataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train and not iterable,
+            drop_last=train,
+            num_workers=workers,
+            collate_fn=Collate(transform, self.tokenizer),
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and workers > 0,
+            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        if self.train_dataset is None:
+            raise ValueError("no training data configured: set data.train")
+        return self._loader(self.train_dataset, self.train_transform, self.per_device_batch_size, train=True)
+
+    def val_dataloader(self):
+        if self.val_dataset is None and self.val_source is not None:
+            self.setup("validate")
+        if self.val_dataset is None:
+            return []
+        return self._loader(self.val_dataset, self.val_transform, self._val_batch(), train=False)
+
+    # ---- accounting --------------------------------------------------------------------------------
+    def fault_summary(self) -> dict[str, int]:
+        """Skipped data so far (all workers of this rank): counts by kind, plus totals
+        `skipped_samples` and `skipped_shards`."""
+        return self.faults.summary()
+
+    def fault_records(self) -> list[dict]:
+        """Every skipped sample or shard so far: dicts with kind, shard, key, detail."""
+        return self.faults.records()
+
+    @property
+    def samples_per_epoch(self) -> int | None:
+        """Training samples per epoch over all ranks, when known."""
+        dataset = self.train_dataset
+        try:
+            return len(dataset) * (self.batch_size // max(1, self.per_device_batch_size or self.batch_size))
+        except TypeError:
+            return None

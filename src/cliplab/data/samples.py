@@ -1,0 +1,68 @@
+"""Turning raw image-caption pairs into training samples, and samples into batches.
+
+Shared by every source: a sample is `(uint8 array [H, W, 3], caption str)`; anything that cannot become
+one is recorded in the FaultLog and dropped (None). The collate stacks uint8 images, normalises the whole
+batch at once and tokenizes all captions with one tokenizer call, inside the worker.
+"""
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from cliplab.data import faults as F
+from cliplab.data.transforms import ClipImageTransform, ImageTooLarge
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+def decode_caption(data: bytes | str | None) -> str | None:
+    if data is None:
+        return None
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+    return text.strip()
+
+
+def make_sample(image_bytes, caption, transform: ClipImageTransform, faults: F.FaultLog, shard, key):
+    """Decode one pair; return (array, caption) or None after recording why it was skipped."""
+    if image_bytes is None:
+        faults.record(F.MISSING_IMAGE, shard, key)
+        return None
+    if caption is None:
+        faults.record(F.MISSING_CAPTION, shard, key)
+        return None
+    if not caption:
+        faults.record(F.EMPTY_CAPTION, shard, key)
+        return None
+    try:
+        array = transform.decode(image_bytes)
+    except (ImageTooLarge, Image.DecompressionBombError) as e:
+        faults.record(F.IMAGE_TOO_LARGE, shard, key, str(e))
+        return None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        # Pillow reports broken data with any of these (truncated JPEG is OSError, bad PNG chunk SyntaxError).
+        faults.record(F.CORRUPT_IMAGE, shard, key, f"{type(e).__name__}: {e}")
+        return None
+    return array, caption
+
+
+def sample_from_dict(sample: dict, transform, faults, shard):
+    """A webdataset sample dict -> (array, caption) or None."""
+    image = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
+    return make_sample(image, decode_caption(sample.get("txt")), transform, faults, shard, sample["__key__"])
+
+
+class Collate:
+    """list[(uint8 HWC array, caption)] -> (float images [B, 3, H, W], tokens [B, L] or captions)."""
+
+    def __init__(self, transform: ClipImageTransform, tokenizer=None):
+        self.transform = transform
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch):
+        batch = [s for s in batch if s is not None]  # map-style sources return None for skipped items
+        if not batch:
+            return None
+        images = self.transform.normalize(torch.from_numpy(np.stack([s[0] for s in batch])))
+        captions = [s[1] for s in batch]
+        tokens = self.tokenizer(captions) if self.tokenizer is not None else captions
+        return images, tokens
