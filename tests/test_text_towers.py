@@ -1,5 +1,6 @@
 """Text towers: open_clip parity for the CLIP tower, and the tower contract for every text-tower YAML."""
 
+import pickle
 from pathlib import Path
 
 import open_clip
@@ -10,6 +11,7 @@ from omegaconf import OmegaConf
 from open_clip.model import CLIP as OpenClipCLIP
 from open_clip.model import resize_text_pos_embed as open_clip_resize_text_pos_embed
 
+from cliplab.models.hf_text_tower import HFTextTower, HFTokenizer
 from cliplab.models.text_tower import CLIPTextTower, resize_text_pos_embed
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model" / "text_tower"
@@ -113,6 +115,7 @@ def test_resize_positional_embedding_matches_open_clip_and_loads():
 # Settings that make a tower small enough to run a forward pass in a test, by target class.
 _SHRINK = {
     "cliplab.models.text_tower.CLIPTextTower": {"width": 64, "heads": 4, "layers": 2},
+    "cliplab.models.hf_text_tower.HFTextTower": {},  # built from a tiny config (see _hf_overrides)
 }
 
 
@@ -127,33 +130,36 @@ def _compose(yaml_path: Path, embed_dim: int, context_length: int, **overrides):
 
 
 @pytest.mark.parametrize("yaml_path", sorted(CONF_DIR.glob("*.yaml")), ids=lambda p: p.stem)
-def test_tower_contract(yaml_path):
-    cfg = _compose(yaml_path, embed_dim=48, context_length=16)
+def test_tower_contract(yaml_path, tiny_hf_tokenizer_dir):
+    is_hf = OmegaConf.load(yaml_path)._target_.startswith("cliplab.models.hf_text_tower.")
+    # HF towers: no hub offline, so a tiny encoder from config and a tokenizer saved in tmp_path.
+    overrides = _hf_overrides(tiny_hf_tokenizer_dir) if is_hf else {}
+    cfg = _compose(yaml_path, embed_dim=48, context_length=16, **overrides)
     node = cfg.model.text_tower
     assert node.embed_dim == 48 and node.context_length == 16
     assert node.tokenizer.context_length == 16
-    if not node._target_.startswith("cliplab.models.text_tower."):
-        pytest.skip("covered by its own module's tests")  # HF towers need local weights/tokenizer files
+    assert node._target_ in _SHRINK, "add shrink settings for this tower class"
 
     tokenizer = instantiate(node.tokenizer)
     tokens = tokenizer(TEXTS)
     assert tokens.dtype == torch.long and tokens.shape == (len(TEXTS), 16)
-    assert tokenizer.pad_token_id == 0 and tokenizer.vocab_size == node.vocab_size
+    assert isinstance(tokenizer.pad_token_id, int) and tokenizer.vocab_size > 0
+    assert tokenizer.eot_token_id is None or isinstance(tokenizer.eot_token_id, int)
 
     # The full-size tower is only built on the meta device (no memory, no compute).
     with torch.device("meta"):
         full = instantiate(node, tokenizer=None)
-    assert full.output_dim == 48 and full.text_projection.shape == (node.width, 48)
+    assert full.output_dim == 48
 
-    small = instantiate(
-        _compose(yaml_path, 48, 16, **_SHRINK[node._target_]).model.text_tower, tokenizer=None
-    )
+    small_node = _compose(yaml_path, 48, 16, **overrides, **_SHRINK[node._target_]).model.text_tower
+    small = instantiate(small_node, tokenizer=None)
     out = small(tokens)
     assert out.shape == (len(TEXTS), small.output_dim) and torch.isfinite(out).all()
     names = {n for n, _ in small.named_parameters()}
     assert small.no_weight_decay() <= names
     assert any(isinstance(m, small.block_classes()) for m in small.modules())
     small.set_grad_checkpointing(True)
+    small.train()
     small(tokens).sum().backward()
     small.lock(unlocked_groups=0, freeze_norm_stats=True)
     assert not any(p.requires_grad for p in small.parameters())
@@ -167,3 +173,149 @@ def test_paper_text_tower_sizes():
         with torch.device("meta"):
             tower = instantiate(cfg.model.text_tower, tokenizer=None)
         assert round(sum(p.numel() for p in tower.parameters()) / 1e6, 2) == millions, name
+
+
+# ---- Hugging Face towers (tiny encoders built from config; the hub is unreachable in tests) ----
+
+_VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "a",
+    "photo",
+    "of",
+    "cat",
+    "dog",
+    "the",
+    "very",
+    "long",
+]
+_VOCAB += ["caption", "##s", "na", "##ive", "cafe", ",", "."]
+_TINY_BERT = dict(
+    model_type="bert",
+    vocab_size=len(_VOCAB),
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_tokenizer_dir(tmp_path_factory) -> Path:
+    from transformers import BertTokenizer
+
+    path = tmp_path_factory.mktemp("tiny_bert_tokenizer")
+    BertTokenizer(vocab={token: i for i, token in enumerate(_VOCAB)}).save_pretrained(path)
+    return path
+
+
+def _hf_overrides(tokenizer_dir: Path) -> dict:
+    return {"model_name_or_path": str(tokenizer_dir), "config": dict(_TINY_BERT)}
+
+
+def _hf_tower(
+    pooler: str = "mean", proj: str = "linear", config: dict | None = None, **kwargs
+) -> HFTextTower:
+    torch.manual_seed(0)
+    return HFTextTower(48, config=config or dict(_TINY_BERT), pooler=pooler, proj=proj, **kwargs).eval()
+
+
+def test_hf_tokenizer_pads_truncates_and_pickles(tiny_hf_tokenizer_dir):
+    tokenizer = HFTokenizer(tiny_hf_tokenizer_dir, context_length=8)
+    tokens = tokenizer(["a  photo\nof a cat", "the very long long long long long long caption"])
+    assert tokens.shape == (2, 8) and tokens.dtype == torch.long
+    assert tokens[0].tolist() == [2, 5, 6, 7, 5, 8, 3, 0]  # [CLS] a photo of a cat [SEP] [PAD]
+    assert tokens[1, -1].item() == 3  # truncation keeps [SEP]
+    assert tokenizer.pad_token_id == 0 and tokenizer.vocab_size == len(_VOCAB)
+    assert tokenizer("a cat", context_length=5).shape == (1, 5)
+    assert torch.equal(pickle.loads(pickle.dumps(tokenizer))(["a cat"]), tokenizer(["a cat"]))
+
+
+@pytest.mark.parametrize("pooler", ["mean", "cls", "max", "last"])
+def test_hf_pooling_matches_transformers_outputs(pooler):
+    from transformers import AutoConfig, AutoModel
+
+    tower = _hf_tower(pooler=pooler, proj="none")
+    settings = dict(_TINY_BERT)
+    reference = AutoModel.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings))
+    reference.load_state_dict(tower.transformer.state_dict(), strict=False)  # reference keeps its pooler
+    reference.eval()
+    tokens = torch.tensor([[2, 5, 6, 7, 5, 8, 3, 0, 0], [2, 10, 9, 3, 0, 0, 0, 0, 0]])
+    with torch.no_grad():
+        ours = tower(tokens)
+        for row, length in enumerate([7, 4]):
+            # Unpadded sequence alone: what a pooled feature must equal.
+            hidden = reference(input_ids=tokens[row : row + 1, :length]).last_hidden_state[0]
+            expected = {
+                "mean": hidden.mean(0),
+                "cls": hidden[0],
+                "max": hidden.max(0).values,
+                "last": hidden[-1],
+            }[pooler]
+            assert torch.allclose(ours[row], expected, atol=1e-5), (pooler, row)
+
+
+def test_hf_padding_token_of_roberta_is_masked():
+    config = dict(_TINY_BERT, model_type="roberta", pad_token_id=1, max_position_embeddings=66)
+    tower = _hf_tower(config=config)
+    assert tower.pad_token_id == 1
+    short = torch.tensor([[0, 5, 6, 7, 2]])
+    padded = torch.tensor([[0, 5, 6, 7, 2, 1, 1, 1]])
+    with torch.no_grad():
+        assert torch.allclose(tower(short), tower(padded), atol=1e-5)
+
+
+def test_hf_projection_layouts():
+    assert {n for n, _ in _hf_tower(proj="linear").named_parameters() if n.startswith("proj")} == {
+        "proj.weight"
+    }
+    mlp = _hf_tower(proj="mlp")
+    assert {n for n, _ in mlp.named_parameters() if n.startswith("proj")} == {
+        "proj.0.weight",
+        "proj.2.weight",
+    }
+    assert mlp.proj[0].out_features == (32 + 48) // 2 and mlp.output_dim == 48
+    assert _hf_tower(proj="none").output_dim == 32
+    assert not any("pooler" in n for n, _ in mlp.named_parameters())
+    with pytest.raises(ValueError, match="pooler"):
+        _hf_tower(pooler="attention")
+
+
+def test_hf_pretrained_directory_round_trip(tmp_path, tiny_hf_tokenizer_dir):
+    tower = _hf_tower()
+    tower.transformer.save_pretrained(tmp_path / "model")
+    loaded = HFTextTower(48, model_name_or_path=str(tmp_path / "model"), pooler="mean", proj="linear").eval()
+    loaded.proj.load_state_dict(tower.proj.state_dict())
+    tokens = HFTokenizer(tiny_hf_tokenizer_dir, context_length=12)(["a photo of a cat", "the dog"])
+    with torch.no_grad():
+        assert torch.allclose(loaded(tokens), tower(tokens), atol=1e-6)
+    fresh = HFTextTower(48, model_name_or_path=str(tmp_path / "model"), pretrained=False)
+    assert not torch.equal(
+        fresh.transformer.embeddings.word_embeddings.weight,
+        loaded.transformer.embeddings.word_embeddings.weight,
+    )
+
+
+def test_hf_lock_and_grad_checkpointing():
+    tower = _hf_tower()
+    tower.lock(unlocked_groups=1)
+    assert {n for n, p in tower.named_parameters() if p.requires_grad} == {"proj.weight"}
+    tower.lock(unlocked_groups=2)
+    layers = {n.split(".")[3] for n, p in tower.named_parameters() if p.requires_grad and ".layer." in n}
+    assert layers == {"1"}
+    tower.lock(unlocked_groups=0)
+    assert not any(p.requires_grad for p in tower.parameters())
+
+    tokens = torch.tensor([[2, 5, 6, 7, 3, 0], [2, 8, 3, 0, 0, 0]])
+    plain, ckpt = _hf_tower().train(), _hf_tower(grad_checkpointing=True).train()
+    assert all(layer.gradient_checkpointing for layer in ckpt.transformer.encoder.layer)
+    for tower in (plain, ckpt):
+        tower(tokens).square().sum().backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5), name
