@@ -58,6 +58,17 @@ def _octal(field: bytes) -> int:
     return int(field, 8) if field else 0
 
 
+def _checksum_ok(header: bytes) -> bool:
+    try:
+        stored = _octal(header[148:156])
+    except ValueError:
+        return False
+    # The checksum field itself counts as eight spaces; old tars summed signed bytes.
+    unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
+    signed = unsigned - 256 * sum(1 for b in header[:148] + header[156:] if b > 127)
+    return stored in (unsigned, signed)
+
+
 def _read_exact(stream, n: int) -> bytes:
     data = stream.read(n)
     if len(data) == n or not data:
@@ -84,11 +95,17 @@ def iter_tar_members(stream):
             if first:
                 raise ShardUnreadable("empty stream (no data)")
             raise TruncatedTar("stream ended without the end-of-archive marker")
-        first = False
         if len(header) < BLOCK:
+            if first:
+                raise ShardUnreadable(f"not a tar archive ({len(header)} bytes)")
             raise TruncatedTar("stream ended inside a header")
         if header == b"\0" * BLOCK:
             return
+        if not _checksum_ok(header):
+            if first:
+                raise ShardUnreadable("not a tar archive (bad header checksum)")
+            raise TruncatedTar("corrupt tar header (bad checksum)")
+        first = False
         size = _octal(header[124:136])
         kind = header[156:157]
         padded = (size + BLOCK - 1) // BLOCK * BLOCK
