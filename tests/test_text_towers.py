@@ -319,3 +319,21 @@ def test_hf_lock_and_grad_checkpointing():
         tower(tokens).square().sum().backward()
     for (name, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+
+
+NAMED_MODELS = sorted(p.stem for p in (CONF_DIR.parent).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model_name", NAMED_MODELS)
+def test_named_models_compose_text_tower(model_name):
+    """Through Hydra's group composition, the tower reads embed_dim/context_length of the named model."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR.parents[1]), version_base=None):
+        cfg = compose(config_name=None, overrides=[f"+model={model_name}"])
+    node = cfg.model.text_tower
+    assert node.embed_dim == cfg.model.embed_dim
+    assert node.context_length == node.tokenizer.context_length == cfg.model.context_length
+    with torch.device("meta"):
+        tower = instantiate(node, tokenizer=None)
+    assert tower.output_dim == cfg.model.embed_dim
