@@ -207,18 +207,21 @@ class TimmImageTower(nn.Module):
         return names & existing  # timm lists tokens (dist_token, reg_token) the model may not have
 
     def block_classes(self) -> tuple[type, ...]:
+        """Classes of the repeated blocks (ViT `blocks`, ByobNet/ConvNeXt `stages`, ResNet `layer1..4`)."""
+        names = ("blocks", "stages", "layers")
+        containers = [getattr(self.trunk, a) for a in names if hasattr(self.trunk, a)]
+        containers += [m for n, m in self.trunk.named_children() if n.startswith("layer") and n[5:].isdigit()]
         classes: list[type] = []
-        for attr in ("blocks", "stages", "layers"):
-            container = getattr(self.trunk, attr, None)
+        for container in containers:
             if not isinstance(container, nn.Sequential | nn.ModuleList):
                 continue
             for child in container:
-                # CNN stages hold a Sequential of blocks; transformer containers hold blocks directly.
-                items = child if isinstance(child, nn.Sequential) else [child]
+                # CNN stages hold a Sequential of blocks (or a stage module with `.blocks`); ViTs hold blocks.
+                inner = getattr(child, "blocks", child)
+                items = inner if isinstance(inner, nn.Sequential | nn.ModuleList) else [child]
                 for block in items:
                     if type(block) not in classes:
                         classes.append(type(block))
-            break
         return tuple(classes)
 
 

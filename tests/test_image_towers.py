@@ -1,0 +1,127 @@
+"""The tower contract for every image tower config, and the ViT/ResNet options (FLIP, checkpointing, LiT)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from torch import nn
+
+from cliplab.models.image_tower import TimmImageTower
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+TOWERS = sorted(p.stem for p in (CONF / "model" / "image_tower").glob("*.yaml"))
+
+
+def tower_cfg(name: str, image_size: int = 224, embed_dim: int = 256):
+    """The image tower config as it sits inside a named model (interpolations resolved)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            config_name="model/tiny",
+            overrides=[
+                f"model/image_tower={name}",
+                f"model.image_size={image_size}",
+                f"model.embed_dim={embed_dim}",
+            ],
+        )
+    return cfg.model.image_tower
+
+
+def small_vit(**kwargs) -> TimmImageTower:
+    torch.manual_seed(0)
+    args = dict(image_size=32, width=64, depth=2, num_heads=2)
+    return TimmImageTower("vit_base_patch16_clip_224", 32, **{**args, **kwargs})
+
+
+def small_rn(**kwargs) -> TimmImageTower:
+    torch.manual_seed(0)
+    tiny = dict(layers=[1, 1, 1, 1], width_factor=0.25)
+    return TimmImageTower("resnet50_clip", 32, image_size=64, **tiny, **kwargs)
+
+
+@pytest.mark.parametrize("name", TOWERS)
+def test_tower_contract(name):
+    """Built on the meta device, so every config (ViT-L and RN50x64 included) is checked in milliseconds."""
+    with torch.device("meta"):
+        tower = instantiate(tower_cfg(name), _convert_="object")
+        out = tower(torch.empty(2, 3, 224, 224))
+    assert tower.output_dim == 256 and out.shape == (2, 256)
+    params = dict(tower.named_parameters())
+    assert tower.no_weight_decay() <= set(params)
+    blocks = tower.block_classes()
+    assert blocks and all(any(isinstance(m, cls) for m in tower.modules()) for cls in blocks)
+    tower.set_grad_checkpointing(True)
+    tower.set_grad_checkpointing(False)
+
+    groups = tower.param_groups()
+    assert sorted(n for g in groups for n in g) == sorted(params)  # every parameter in exactly one group
+    tower.lock(unlocked_groups=1)
+    trainable = {n for n, p in tower.named_parameters() if p.requires_grad}
+    assert trainable == set(groups[-1])
+    tower.lock()
+    assert not any(p.requires_grad for p in tower.parameters())
+
+
+def test_unknown_pool_or_proj_is_refused():
+    with pytest.raises(ValueError, match="proj"):
+        small_vit(proj="conv")
+    with pytest.raises(ValueError, match="patch_dropout"):
+        small_rn(patch_dropout=0.5)
+
+
+@pytest.mark.parametrize("make", [small_vit, small_rn], ids=["vit", "rn"])
+def test_grad_checkpointing_changes_nothing_numerically(make):
+    tower = make().train()
+    images = torch.randn(2, 3, tower.image_size, tower.image_size)
+    grads = []
+    for enable in (False, True):
+        tower.zero_grad()
+        tower.set_grad_checkpointing(enable)
+        torch.manual_seed(1)
+        tower(images).square().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in tower.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_patch_dropout_keeps_class_token_and_only_trains():
+    tower = small_vit(patch_dropout=0.5)
+    seen = []
+    tower.trunk.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    images = torch.randn(2, 3, 32, 32)  # 2x2 = 4 patches + class token
+    tower.train()(images)
+    tower.eval()(images)
+    assert seen == [1 + 2, 1 + 4]
+    torch.testing.assert_close(tower(images), tower(images))  # eval is deterministic
+
+
+def test_other_image_size_sizes_the_position_table():
+    tower = small_vit(image_size=48)
+    assert tower.trunk.pos_embed.shape[1] == 1 + 3 * 3
+    assert tower(torch.randn(1, 3, 48, 48)).shape == (1, 32)
+
+
+def test_quick_gelu_override():
+    tower = small_vit(act="quick_gelu")
+    assert type(tower.trunk.blocks[0].mlp.act).__name__ == "QuickGELU"
+
+
+def test_freeze_norm_stats_keeps_running_statistics():
+    tower = small_rn()
+    tower.lock(unlocked_groups=0, freeze_norm_stats=True)
+    tower.train()
+    bn = next(m for m in tower.modules() if isinstance(m, nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    tower(torch.randn(2, 3, 64, 64))
+    torch.testing.assert_close(bn.running_mean, before)
+    assert "trunk.stem.conv1.bn.num_batches_tracked" in tower.state_dict()  # layout unchanged
+
+
+@pytest.mark.parametrize("pool,proj", [("avg", "linear"), ("attn", "mlp"), ("avg", "none")])
+def test_generic_timm_model_pool_and_proj(pool, proj):
+    tower = TimmImageTower("resnet18", 16, image_size=64, pool=pool, proj=proj)
+    out = tower(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, tower.output_dim)
+    assert tower.output_dim == (512 if proj == "none" else 16)
