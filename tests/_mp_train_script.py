@@ -1,0 +1,138 @@
+"""Trains a very small CLIP on in-memory random data; run it under torchrun (2 CPU processes, gloo).
+
+`python -m torch.distributed.run --nproc_per_node 2 tests/_mp_train_script.py <ddp|fsdp> <out_dir>`
+
+Three fits in one process group: two epochs straight through; two epochs again but stopping after the
+first (saving a checkpoint); resuming from that checkpoint for the second epoch. Rank 0 writes
+`<out_dir>/result.json` with the per-step losses (rank 0's local loss) and temperatures of each fit.
+The same seed, data and model config are used for every strategy, so runs can be compared step by step.
+"""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from cliplab.lit.module import CLIPModule
+
+IMAGE_SIZE, CONTEXT, VOCAB, EMBED = 32, 16, 1000, 32
+LOCAL_BATCH, STEPS_PER_EPOCH, WORLD = 4, 3, 2
+# Above ln(100): the first optimizer step must clamp it.
+INIT_LOGIT_SCALE = 4.8
+
+MODEL = {
+    "_target_": "cliplab.models.clip.CLIP",
+    "embed_dim": EMBED,
+    "init_logit_scale": INIT_LOGIT_SCALE,
+    "image_tower": {
+        "_target_": "cliplab.models.image_tower.TimmImageTower",
+        "model_name": "vit_base_patch16_clip_224",
+        "embed_dim": EMBED,
+        "image_size": IMAGE_SIZE,
+        "width": 64,
+        "depth": 2,
+        "num_heads": 2,
+        "pool": "token",
+        "proj": "linear",
+        "act": "gelu",
+    },
+    "text_tower": {
+        "_target_": "cliplab.models.text_tower.CLIPTextTower",
+        "embed_dim": EMBED,
+        "context_length": CONTEXT,
+        "vocab_size": VOCAB,
+        "width": 64,
+        "heads": 2,
+        "layers": 2,
+        "act": "gelu",
+    },
+}
+LOSS = {"_target_": "cliplab.losses.ClipLoss"}
+# A large learning rate so the temperature is pushed up against its clamp, not just initialised above it.
+OPTIM = {"_target_": "torch.optim.AdamW", "lr": 5e-3, "weight_decay": 0.1}
+
+
+def dataset() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    n = LOCAL_BATCH * WORLD * STEPS_PER_EPOCH
+    images = torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+    tokens = torch.randint(1, VOCAB - 1, (n, CONTEXT), generator=g)
+    tokens[:, -1] = VOCAB - 1  # the largest id ends each caption, as EOT does in CLIP's vocabulary
+    return TensorDataset(images, tokens)
+
+
+class Data(pl.LightningDataModule):
+    def train_dataloader(self):
+        # No shuffling: the distributed sampler Lightning inserts then gives every run the same batches.
+        return DataLoader(dataset(), batch_size=LOCAL_BATCH, shuffle=False)
+
+
+class Record(pl.Callback):
+    """Rank 0's loss and the (full) temperature after every optimizer step."""
+
+    def __init__(self):
+        self.losses, self.scales = [], []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        scale = module.model.logit_scale.detach()
+        if hasattr(scale, "full_tensor"):  # a DTensor under FSDP2
+            scale = scale.full_tensor()
+        self.losses.append(float(outputs["loss"]))
+        self.scales.append(float(scale))
+
+
+def strategy(name: str):
+    if name == "ddp":
+        return pl.strategies.DDPStrategy(process_group_backend="gloo")
+    from cliplab.lit.sharding import FSDP2Strategy
+
+    return FSDP2Strategy(process_group_backend="gloo")
+
+
+def fit(name: str, out: Path, epochs: int, ckpt_path: str | None = None) -> Record:
+    pl.seed_everything(0)
+    record = Record()
+    module = CLIPModule(model=MODEL, loss=LOSS, optim=OPTIM, scheduler=None)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=WORLD,
+        strategy=strategy(name),
+        max_epochs=epochs,
+        precision="32-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[record],
+        num_sanity_val_steps=0,
+        default_root_dir=str(out),
+    )
+    trainer.fit(module, datamodule=Data(), ckpt_path=ckpt_path)
+    if ckpt_path is None and epochs == 1:
+        trainer.save_checkpoint(str(out / "epoch0.ckpt"))
+    return record
+
+
+def main() -> None:
+    name, out = sys.argv[1], Path(sys.argv[2])
+    torch.set_num_threads(1)
+    straight = fit(name, out, epochs=2)
+    first = fit(name, out, epochs=1)
+    resumed = fit(name, out, epochs=2, ckpt_path=str(out / "epoch0.ckpt"))
+    if torch.distributed.get_rank() == 0:
+        result = {
+            "straight": {"losses": straight.losses, "scales": straight.scales},
+            "first": {"losses": first.losses, "scales": first.scales},
+            "resumed": {"losses": resumed.losses, "scales": resumed.scales},
+            "max_logit_scale": math.log(100.0),
+            "checkpoint_is_dir": (out / "epoch0.ckpt").is_dir(),
+        }
+        (out / "result.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
