@@ -43,7 +43,9 @@ class CLIPModule(pl.LightningModule):
         if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2, one shard unit per tower block
             from cliplab.lit.sharding import shard_model
 
-            shard_model(self.model, self.device_mesh)
+            # cliplab.lit.sharding.FSDP2Strategy carries the FSDP2 options (mixed precision, resharding).
+            options = getattr(getattr(self._trainer, "strategy", None), "fsdp_kwargs", {})
+            shard_model(self.model, self.device_mesh, **options)
         if self.hparams.compile:
             # Compile the towers, not the CLIP module, so state-dict keys keep no `_orig_mod.` prefix.
             for tower in (self.model.visual, self.model.text):
@@ -79,7 +81,8 @@ class CLIPModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         optim_cfg = dict(self.hparams.optim)
         weight_decay = optim_cfg.pop("weight_decay", 0.0)
-        optimizer = instantiate(optim_cfg, params=param_groups(self, weight_decay))
+        # _partial_: hydra would turn the param-group dicts into DictConfigs if passed as a kwarg.
+        optimizer = instantiate(optim_cfg, _partial_=True)(param_groups(self, weight_decay))
         if not self.hparams.scheduler:
             return optimizer
         total_steps = self.trainer.estimated_stepping_batches
