@@ -52,8 +52,15 @@ def test_attributes(tokenizer):
     assert tokenizer.context_length == 77
 
 
+def _random_ascii(n: int, seed: int = 1) -> list[str]:
+    """Plain-ASCII texts (the tokenizer's fast path) mixed with the characters that must leave it."""
+    rng = random.Random(seed)
+    alphabet = "abc XYZ 019 .,!?'\"-_()[]{}<>/\\`~ \t\n\r" + "&;#" + "\x0b\x0c\x1b\x7f\x00"
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(n)]
+
+
 def test_matches_open_clip_tokenize(tokenizer):
-    texts = CORPUS + _random_texts(200)
+    texts = CORPUS + _random_texts(200) + _random_ascii(300)
     ours = tokenizer(texts)
     assert ours.dtype == torch.long and ours.shape == (len(texts), 77)
     assert torch.equal(ours, open_clip.tokenize(texts))
