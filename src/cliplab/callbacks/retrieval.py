@@ -1,0 +1,40 @@
+"""Logs image<->text recall@k on the paired validation data: `retrieval/<name>/image_to_text_R@k`, ...
+
+Scheduling and logging only; features are collected batch by batch during validation (one extra encode of
+each validation batch) and recall is computed over the gallery of all ranks by `cliplab.eval.run`.
+"""
+
+import pytorch_lightning as pl
+
+from cliplab.eval.run import RetrievalAccumulator
+
+
+class RetrievalCallback(pl.Callback):
+    """Recall@k on validation batches `(images, tokens [B,L] or [B,K,L])`, every `every_n_epochs` epochs."""
+
+    def __init__(self, name: str = "val", ks=(1, 5, 10), every_n_epochs: int = 1, dataloader_idx: int = 0):
+        super().__init__()
+        self.name, self.every_n_epochs, self.dataloader_idx = name, every_n_epochs, dataloader_idx
+        self.accumulator = RetrievalAccumulator(ks)
+
+    def _active(self, trainer) -> bool:
+        if trainer.sanity_checking:
+            return False
+        return not trainer.training or (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self.accumulator.reset()
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if dataloader_idx == self.dataloader_idx and self._active(trainer):
+            self.accumulator.update(pl_module.model, batch[0], batch[1])
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not self._active(trainer) or not self.accumulator.image_feats:
+            return
+        metrics = self.accumulator.compute()  # equal on every rank (galleries gathered)
+        for key, value in metrics.items():
+            pl_module.log(f"retrieval/{self.name}/{key}", value, rank_zero_only=False, sync_dist=False)
+        self.accumulator.reset()

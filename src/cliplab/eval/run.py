@@ -1,0 +1,219 @@
+"""Evaluation loops: a model (+ tokenizer) on zero-shot benchmarks and on paired retrieval data.
+
+Plain functions shared by the training callbacks and `src/eval.py`. Each rank takes every world_size-th
+image; counts and metrics are summed across ranks (torchmetrics and `torch.distributed`) so every rank
+returns the same numbers.
+"""
+
+import logging
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from cliplab.eval.benchmarks import BenchmarkError, ZeroShotBenchmark, collate_skipping
+from cliplab.eval.retrieval import retrieval_metrics
+from cliplab.eval.zeroshot import ClassifierCache, ZeroShotAccumulator, build_zeroshot_classifier
+
+log = logging.getLogger(__name__)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _model_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    param = next(module.parameters())
+    return param.device, param.dtype
+
+
+@torch.no_grad()
+def evaluate_zeroshot(
+    model: nn.Module,
+    tokenizer,
+    benchmark: ZeroShotBenchmark,
+    transform,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    cache: ClassifierCache | None = None,
+    text_batch_size: int = 1024,
+) -> dict[str, float]:
+    """top1, top5, mean_recall, n_images and n_skipped (unreadable images) of one benchmark."""
+    was_training = model.training
+    model.eval()
+    try:
+        device, dtype = _model_device_dtype(getattr(model, "visual", model))
+        args = (model, tokenizer, benchmark.classnames, benchmark.templates, text_batch_size, device)
+        classifier = cache.get(*args) if cache is not None else build_zeroshot_classifier(*args)
+        dataset = benchmark.dataset(transform)
+        shard = Subset(dataset, range(rank, len(dataset), world_size))
+        loader = DataLoader(
+            shard, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping
+        )
+        accumulator = ZeroShotAccumulator(len(benchmark.classnames)).to(device)
+        seen = skipped = 0
+        for images, labels, n_skipped in loader:
+            skipped += n_skipped
+            if images is None:
+                continue
+            features = model.encode_image(images.to(device, dtype, non_blocking=True))
+            accumulator.update(features, classifier, labels.to(device))
+            seen += len(labels)
+        counts = torch.tensor([seen, skipped], device=device)
+        if _distributed():
+            dist.all_reduce(counts)
+        seen, skipped = (int(c) for c in counts)
+        if seen == 0:  # raised on every rank alike, after the collective, so no rank hangs
+            raise BenchmarkError(f"benchmark {benchmark.name!r}: none of {skipped} images could be read")
+        if skipped:
+            log.warning(
+                "benchmark %r: skipped %d unreadable images of %d", benchmark.name, skipped, seen + skipped
+            )
+        return {**accumulator.compute(), "n_images": seen, "n_skipped": skipped}
+    finally:
+        model.train(was_training)
+
+
+def evaluate_benchmarks(
+    model: nn.Module, tokenizer, benchmarks: Mapping[str, ZeroShotBenchmark], transform, **kwargs
+) -> dict[str, dict[str, float]]:
+    """`{benchmark name: metrics}` for several benchmarks."""
+    return {
+        name: evaluate_zeroshot(model, tokenizer, bench, transform, **kwargs)
+        for name, bench in benchmarks.items()
+    }
+
+
+def _gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's rows in rank order (row counts may differ between ranks)."""
+    if not _distributed():
+        return tensor
+    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
+    longest = int(max(sizes))
+    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(n)] for part, n in zip(parts, sizes)])
+
+
+class RetrievalAccumulator:
+    """Collects normalised image and caption features per batch; `compute()` gathers all ranks' galleries.
+
+    `update(model, images [B,3,H,W], tokens [B,L] or [B,K,L])`: K captions per image; all-zero token rows in
+    a `[B, K, L]` batch are padding (images with fewer captions) and are ignored.
+    """
+
+    def __init__(self, ks=(1, 5, 10)):
+        self.ks = tuple(ks)
+        self.reset()
+
+    def reset(self) -> None:
+        self.image_feats, self.text_feats, self.owners, self.n_images = [], [], [], 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> None:
+        device, dtype = _model_device_dtype(getattr(model, "visual", model))
+        tokens = tokens.to(device)
+        several = tokens.dim() == 3
+        tokens = tokens if several else tokens[:, None]
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        # padding rows exist only in [B, K, L] batches; with one caption per image every row is real
+        real = (
+            flat.abs().sum(dim=1) > 0
+            if several
+            else torch.ones(flat.shape[0], dtype=torch.bool, device=device)
+        )
+        owner = (
+            torch.arange(images.shape[0], device=device).repeat_interleave(tokens.shape[1]) + self.n_images
+        )
+        self.image_feats.append(F.normalize(model.encode_image(images.to(device, dtype)).float(), dim=-1))
+        self.text_feats.append(F.normalize(model.encode_text(flat[real]).float(), dim=-1))
+        self.owners.append(owner[real])
+        self.n_images += images.shape[0]
+
+    def compute(self) -> dict[str, float]:
+        if not self.image_feats:
+            raise ValueError("retrieval evaluation got no batches")
+        images, texts, owner = (torch.cat(x) for x in (self.image_feats, self.text_feats, self.owners))
+        if _distributed():  # shift this rank's image numbers past those of lower ranks
+            counts = _gather_rows(torch.tensor([self.n_images], device=images.device))
+            owner = owner + int(counts[: dist.get_rank()].sum())
+        return retrieval_metrics(_gather_rows(images), _gather_rows(texts), _gather_rows(owner), ks=self.ks)
+
+
+@torch.no_grad()
+def evaluate_retrieval(model: nn.Module, batches: Iterable, ks=(1, 5, 10)) -> dict[str, float]:
+    """Recall@k over `(images, tokens)` batches (see `RetrievalAccumulator`); every rank passes its own."""
+    was_training = model.training
+    model.eval()
+    try:
+        accumulator = RetrievalAccumulator(ks)
+        for batch in batches:
+            accumulator.update(model, batch[0], batch[1])
+        return accumulator.compute()
+    finally:
+        model.train(was_training)
+
+
+def load_model(cfg) -> tuple[nn.Module, object, int, str]:
+    """`(model, tokenizer, image_size, description)` from `cfg.ckpt_path` (a cliplab Lightning checkpoint,
+    rebuilt from the config stored in it) or `cfg.open_clip_ckpt` (via cliplab.models.interop)."""
+    from cliplab.utils.errors import ConfigError
+
+    if cfg.get("ckpt_path"):
+        from pathlib import Path
+
+        from cliplab.lit.module import CLIPModule
+
+        if not Path(cfg.ckpt_path).is_file():
+            raise ConfigError(f"checkpoint not found: {cfg.ckpt_path}")
+        module = CLIPModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=False)
+        return module.model, module.tokenizer, int(module.hparams.model["image_size"]), str(cfg.ckpt_path)
+    if cfg.get("open_clip_ckpt"):
+        try:
+            from cliplab.models.interop import load_open_clip  # another area's; may not exist yet
+        except ImportError as err:
+            raise ConfigError("open_clip_ckpt needs cliplab.models.interop.load_open_clip") from err
+        model, tokenizer, image_size = load_open_clip(cfg.open_clip_ckpt, cfg.get("open_clip_model"))
+        return model, tokenizer, int(image_size), str(cfg.open_clip_ckpt)
+    raise ConfigError("nothing to evaluate: give ckpt_path=<lightning .ckpt> or open_clip_ckpt=<file>")
+
+
+def evaluate(cfg) -> dict[str, dict[str, float]]:
+    """`src/eval.py`: load the model, run `cfg.zeroshot` benchmarks, write results.json and results.md."""
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+
+    from cliplab.data.transforms import eval_transform
+    from cliplab.eval.report import markdown_table, write_results
+    from cliplab.utils.errors import ConfigError
+
+    if not cfg.get("zeroshot"):
+        raise ConfigError("no benchmarks chosen: e.g. zeroshot=[emoji,fashion_mnist]")
+    model, tokenizer, image_size, source = load_model(cfg)
+    device = cfg.get("device") or "auto"
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    model = model.to(device).eval()
+    benchmarks = {name: instantiate(bench) for name, bench in cfg.zeroshot.items()}
+    results = evaluate_benchmarks(
+        model,
+        tokenizer,
+        benchmarks,
+        eval_transform(image_size),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        text_batch_size=cfg.text_batch_size,
+    )
+    meta = {"model": source, "image_size": image_size, "device": device}
+    json_path, _ = write_results(results, Path(cfg.output_dir), meta)
+    print(markdown_table(results), end="")
+    print(f"results written to {json_path.parent}")
+    return results
