@@ -176,3 +176,15 @@ def test_keywords_add_information_beyond_the_name():
     )
     assert "umbrella with rain drops" not in words
     assert {"sky", "weather"} <= set(words)
+
+
+def test_concurrent_builds_of_one_folder_take_turns(tmp_path, downloads):
+    from concurrent.futures import ThreadPoolExecutor
+
+    out = tmp_path / "shared"
+    run = lambda _: emoji_data.build(64, limit=12, out_dir=out, downloads=downloads, progress=lambda _: None)
+    with ThreadPoolExecutor(2) as pool:
+        roots = list(pool.map(run, range(2)))
+    assert roots == [out, out]
+    assert json.loads((out / "manifest.json").read_text())["counts"]["concepts"] > 0
+    assert not out.with_name("shared.partial").exists()
