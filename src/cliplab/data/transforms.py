@@ -130,7 +130,7 @@ class ClipImageTransform:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """PIL image -> normalised float tensor [3, H, W] (torchvision-style transform)."""
-        return self.normalize(torch.from_numpy(np.ascontiguousarray(self.apply_uint8(img))))
+        return self.normalize(torch.from_numpy(np.array(self.apply_uint8(img))))
 
 
 def train_transform(
