@@ -337,3 +337,19 @@ def test_named_models_compose_text_tower(model_name):
     with torch.device("meta"):
         tower = instantiate(node, tokenizer=None)
     assert tower.output_dim == cfg.model.embed_dim
+
+
+@pytest.mark.gpu
+def test_clip_text_tower_on_cuda_matches_open_clip():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    oracle = _open_clip_model(quick_gelu=True).cuda()
+    tower = CLIPTextTower(32, width=64, heads=4, layers=2, act="quick_gelu").eval().cuda()
+    tower.load_state_dict(_text_state_dict(oracle))
+    tokens = open_clip.tokenize(TEXTS).cuda()
+    with torch.no_grad():
+        expected = oracle.encode_text(tokens)
+        assert (tower(tokens) - expected).abs().max().item() <= 1e-4
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = tower(tokens).float()
+    assert torch.nn.functional.cosine_similarity(low, expected).min().item() > 0.99
