@@ -90,7 +90,8 @@ def test_chunked_clip_loss_equals_plain(n, block_size, dtype):
     loss_tol, grad_tol = (1e-12, 1e-10) if dtype == torch.float64 else (1e-6, 1e-5)
     torch.testing.assert_close(ours, ref, rtol=loss_tol, atol=loss_tol)  # n=1: the loss is 0
     for a, b in zip(our_grads, ref_grads):
-        torch.testing.assert_close(a, b, rtol=grad_tol, atol=grad_tol * b.abs().max().item())
+        # floor 1: with n=1 the exact gradient is 0, a sum of O(1) terms that cancel up to rounding
+        torch.testing.assert_close(a, b, rtol=grad_tol, atol=grad_tol * max(b.abs().max().item(), 1.0))
 
 
 def test_chunked_clip_loss_is_stable_at_large_scale():

@@ -83,6 +83,11 @@ class _ChunkedClipLossFunction(torch.autograd.Function):
         scale = logit_scale.detach().to(dtype)
         n, total = x.shape[0], y.shape[0]
         coef = grad_loss.to(dtype) * (0.5 / n)
+        # fold a positive coefficient into the exponents: exp(l - lse + log c) = c * softmax, one pass fewer
+        fold = bool(coef > 0)
+        shift = coef.log() if fold else coef.new_zeros(())
+        row_shift, col_shift = row_lse - shift, col_lse - shift
+        diag_step = 2.0 * coef if fold else 2.0
 
         grad_x = torch.empty_like(x)
         grad_y = torch.zeros_like(y)
@@ -95,10 +100,11 @@ class _ChunkedClipLossFunction(torch.autograd.Function):
             x_block = x[start : start + rows]
             g, p = g_buf[:rows], p_buf[:rows]
             torch.mm(x_block * scale, y_t, out=p)
-            torch.sub(p, row_lse[start : start + rows, None], out=g).exp_()  # row softmax
-            g.add_(p.sub_(col_lse).exp_())  # + column softmax
-            g[:, offset + start : offset + start + rows].diagonal().sub_(2.0)  # - 2 at the targets
-            g.mul_(coef)
+            torch.sub(p, row_shift[start : start + rows, None], out=g).exp_()  # row softmax
+            g.add_(p.sub_(col_shift).exp_())  # + column softmax
+            g[:, offset + start : offset + start + rows].diagonal().sub_(diag_step)  # - 2 at the targets
+            if not fold:
+                g.mul_(coef)
             g_y = g @ y
             grad_scale += (g_y * x_block).sum()  # sum(G * logits) / scale, without a block-sized pass
             torch.mul(g_y, scale, out=grad_x[start : start + rows])
