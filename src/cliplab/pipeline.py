@@ -9,7 +9,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cliplab.lit.module import CLIPModule
-from cliplab.utils.errors import ConfigError
+from cliplab.data.shard_lists import NoShardsError
+from cliplab.utils.errors import ConfigError, DataError
 from cliplab.utils.results import final_results, write_results
 from cliplab.utils.wandb_mode import ensure_wandb_mode, finish_wandb
 from cliplab.validate import validate
@@ -21,13 +22,29 @@ def instantiate_group(group: DictConfig | None) -> list:
     """Every `_target_` entry of a group such as `callbacks` or `logger` (entries may be null)."""
     if not group:
         return []
-    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+    return [
+        instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node
+    ]
+
+
+def check_data(datamodule: pl.LightningDataModule, cache_dir: str) -> None:
+    """Missing or empty shard patterns stop here, before any model is built."""
+    for split in ("train", "val"):
+        source = getattr(datamodule, f"{split}_source", None)
+        if not hasattr(source, "shard_lists"):
+            continue
+        try:
+            source.shard_lists(f"data.{split}.urls")
+        except NoShardsError as err:
+            hint = (
+                "; build the default data set with `make data`" if str(cache_dir) in str(source.urls) else ""
+            )
+            raise DataError(f"{err}{hint}") from None
 
 
 def build_datamodule(cfg: DictConfig, tokenizer) -> pl.LightningDataModule:
-    datamodule = instantiate(cfg.data, tokenizer=tokenizer, _recursive_=False)
-    if hasattr(datamodule, "check"):
-        datamodule.check()  # missing or empty data stops here, before any model is built
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer)
+    check_data(datamodule, cfg.paths.cache_dir)
     return datamodule
 
 

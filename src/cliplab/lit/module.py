@@ -51,6 +51,19 @@ class CLIPModule(pl.LightningModule):
             for tower in (self.model.visual, self.model.text):
                 tower.compile()
 
+    def on_fit_start(self) -> None:
+        # Counted once on the meta device; the throughput callback turns it into FLOP/s and MFU.
+        from cliplab.utils.flops import train_flops_per_sample
+
+        try:
+            self.flops_per_sample = train_flops_per_sample(self.hparams.model)
+        except Exception:  # a tower the meta device cannot run: no FLOPs, never a failed run
+            self.flops_per_sample = None
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        per_sample = getattr(self, "flops_per_sample", None)
+        self.flops_per_batch = None if per_sample is None else per_sample * batch[0].shape[0]
+
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict:
         return self.model(images, tokens)
 

@@ -21,12 +21,17 @@ class CLIP(nn.Module):
         embed_dim: int,
         init_logit_scale: float = math.log(1 / 0.07),
         init_logit_bias: float | None = None,
+        image_size: int | None = None,
+        context_length: int | None = None,
     ):
         super().__init__()
         for name, tower in (("image", image_tower), ("text", text_tower)):
             if getattr(tower, "output_dim", embed_dim) != embed_dim:
                 raise ValueError(f"{name} tower outputs {tower.output_dim} features but embed_dim is {embed_dim}")
         self.embed_dim = embed_dim
+        # Input shapes the towers were built for (the towers read them from the same config).
+        self.image_size = image_size
+        self.context_length = context_length
         self.visual = image_tower
         self.text = text_tower
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))

@@ -1,0 +1,65 @@
+"""Training end to end on tiny data: it learns, saves, and resumes exactly."""
+
+import json
+
+import pytest
+import torch
+
+from cliplab.pipeline import train
+
+TINY = [
+    "logger=csv",
+    "trainer=cpu",
+    "trainer.precision=32-true",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
+]
+
+
+@pytest.fixture(scope="module")
+def emoji_ready():
+    from cliplab.data.prepare import prepare
+
+    return prepare()
+
+
+def test_fast_dev_run_writes_config(cfg_factory, emoji_ready, tmp_path):
+    cfg = cfg_factory([*TINY, "debug=fast"])
+    train(cfg)
+    saved = (tmp_path / "config.yaml").read_text()
+    assert "${" not in saved, "the saved config must be resolved"
+
+
+def test_run_saves_checkpoints_metrics_and_results(cfg_factory, emoji_ready, tmp_path):
+    cfg = cfg_factory([*TINY, "trainer.max_epochs=2"])
+    metrics = train(cfg)
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in ckpts and "epoch_000.ckpt" in ckpts and "epoch_001.ckpt" in ckpts
+    assert json.loads((tmp_path / "metrics.json").read_text())["train/loss"] == pytest.approx(metrics["train/loss"])
+    assert (tmp_path / "results.md").is_file()
+    assert any(k.startswith("zeroshot/") for k in metrics)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["hyper_parameters"]["config"]["model"]["embed_dim"] == cfg.model.embed_dim
+    assert state["samples_seen"] == 2 * 4 * 16
+
+
+def test_resume_continues_exactly(cfg_factory, emoji_ready, tmp_path):
+    """2 epochs straight == 1 epoch, stop, resume from last.ckpt for the second."""
+    common = [*TINY, "zeroshot=null", "test=false", "data.num_workers=0"]
+    straight = train(cfg_factory([*common, "trainer.max_epochs=2"]))
+    first = tmp_path / "first"
+    cfg = cfg_factory([*common, "trainer.max_epochs=1"])
+    cfg.paths.output_dir = str(first)
+    cfg.callbacks.model_checkpoint.dirpath = str(first / "checkpoints")
+    train(cfg)
+    cfg = cfg_factory([*common, "trainer.max_epochs=2", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"])
+    cfg.paths.output_dir = str(tmp_path / "second")
+    cfg.callbacks.model_checkpoint.dirpath = str(tmp_path / "second" / "checkpoints")
+    resumed = train(cfg)
+    assert resumed["train/loss"] == pytest.approx(straight["train/loss"], rel=1e-5)
+    assert resumed["train/samples_seen"] == straight["train/samples_seen"]
