@@ -201,3 +201,15 @@ def test_grad_cache_replays_dropout_masks():
     expected = _grads(reference)
     for name, grad in _grads(cached).items():
         torch.testing.assert_close(grad, expected[name], rtol=1e-8, atol=1e-12, msg=name)
+
+
+def test_chunked_clip_loss_ignores_autocast():
+    image, text = _features(24, 16, seed=6, dtype=torch.float32)
+    scale = torch.tensor(50.0)
+    expected, expected_grads = _value_and_grads(ChunkedClipLoss(5), image, text, scale)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, our_grads = _value_and_grads(ChunkedClipLoss(5), image, text, scale)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=0)
+    for a, b in zip(our_grads, expected_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -36,6 +36,17 @@ def _merge_column_stats_across_ranks(col_max: torch.Tensor, col_sum: torch.Tenso
 class _ChunkedClipLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, image, all_text, logit_scale, offset: int, block_size: int):
+        # autocast would run the logit matmuls in half precision: the loss is accumulated in fp32 or better
+        with torch.autocast(image.device.type, enabled=False):
+            return _ChunkedClipLossFunction._forward(ctx, image, all_text, logit_scale, offset, block_size)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        with torch.autocast(grad_loss.device.type, enabled=False):
+            return _ChunkedClipLossFunction._backward(ctx, grad_loss)
+
+    @staticmethod
+    def _forward(ctx, image, all_text, logit_scale, offset: int, block_size: int):
         dtype = _accumulation_dtype(image.dtype)
         x, y = image.to(dtype), all_text.to(dtype)
         scale = logit_scale.detach().to(dtype)
@@ -75,7 +86,7 @@ class _ChunkedClipLossFunction(torch.autograd.Function):
         return loss.to(image.dtype)
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def _backward(ctx, grad_loss):
         image, all_text, logit_scale, row_lse, col_lse = ctx.saved_tensors
         offset, block = ctx.offset, ctx.block
         dtype = row_lse.dtype
