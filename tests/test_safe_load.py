@@ -1,0 +1,88 @@
+"""Loading never runs code from a checkpoint; mismatches are explained with keys, shapes and the model."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from safetensors.torch import save_file
+
+from cliplab.models.interop import build_clip, load_openclip_state_dict
+from cliplab.models.safe_load import (
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    check_state_dict,
+    load_file,
+    load_state_dict,
+)
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+class Payload:
+    """Unpickling this calls os.makedirs(marker): proof that code from the file ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (str(self.marker),))
+
+
+def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": Payload(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError, match="allow_unsafe_pickle=True") as err:
+        load_state_dict(path)
+    assert "makedirs" in str(err.value)  # names what the file asked for
+    assert not marker.exists()
+    # The marker really detects execution: the explicit opt-in for trusted files runs the payload.
+    load_file(path, allow_unsafe_pickle=True)
+    assert marker.exists()
+
+
+def test_safetensors_and_plain_tensor_pickles_load(tmp_path):
+    tensors = {"a": torch.arange(3.0), "b.c": torch.ones(2, 2)}
+    save_file(tensors, str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in tensors.items()}, "epoch": 2}, tmp_path / "w.pt")
+    for name in ("w.safetensors", "w.pt"):
+        loaded = load_state_dict(tmp_path / name)
+        assert set(loaded) == set(tensors) and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+
+
+def test_lightning_and_compile_prefixes_are_stripped(tmp_path):
+    state = {"model._orig_mod.visual.w": torch.zeros(1), "model._orig_mod.logit_scale": torch.zeros(())}
+    torch.save({"state_dict": state, "global_step": 7}, tmp_path / "last.ckpt")
+    assert set(load_state_dict(tmp_path / "last.ckpt")) == {"visual.w", "logit_scale"}
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_state_dict(tmp_path / "nope.pt")
+
+
+def meta_model(name: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=f"model/{name}", overrides=["model.text_tower.tokenizer=null"])
+    with torch.device("meta"):
+        return build_clip(cfg.model)
+
+
+def test_wrong_checkpoint_names_keys_shapes_and_the_model_it_appears_to_be():
+    tiny_weights = meta_model("tiny").state_dict()
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_openclip_state_dict(meta_model("tiny_rn"), tiny_weights)
+    message = str(err.value)
+    assert "appears to be: the named model `tiny`" in message
+    assert "missing keys" in message and "visual.trunk.stem.conv1.conv.weight" in message
+    assert "unexpected keys" in message and "visual.trunk.cls_token" in message
+
+
+def test_shape_mismatch_lists_both_shapes():
+    model = torch.nn.Linear(4, 2)
+    with pytest.raises(CheckpointMismatchError, match=r"weight: checkpoint \(3, 4\) vs model \(2, 4\)"):
+        check_state_dict(model, {"weight": torch.zeros(3, 4), "bias": torch.zeros(2)})
