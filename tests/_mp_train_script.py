@@ -78,7 +78,14 @@ class Record(pl.Callback):
         self.losses, self.scales = [], []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        scale = module.model.logit_scale.detach()
+        param = module.model.logit_scale
+        if hasattr(param, "ds_id"):  # DeepSpeed ZeRO-3 keeps only a partition between steps
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([param]):
+                scale = param.detach().clone()
+        else:
+            scale = param.detach()
         if hasattr(scale, "full_tensor"):  # a DTensor under FSDP2
             scale = scale.full_tensor()
         self.losses.append(float(outputs["loss"]))
