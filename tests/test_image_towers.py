@@ -65,6 +65,11 @@ def test_tower_contract(name):
     assert not any(p.requires_grad for p in tower.parameters())
 
 
+def test_unknown_model_name_lists_similar_ones():
+    with pytest.raises(ValueError, match="vit_base_patch32_clip_224"):
+        TimmImageTower("vit_base_patch32_clipp", 32)
+
+
 def test_unknown_pool_or_proj_is_refused():
     with pytest.raises(ValueError, match="proj"):
         small_vit(proj="conv")

@@ -122,6 +122,26 @@ def test_reverse_visual_mapping_inverts_timms_converters():
         assert convert(original, ours.visual.trunk)  # the forward direction is timm's own
 
 
+def test_image_tower_checkpoint_path_loads_the_visual_part(tmp_path):
+    from safetensors.torch import save_file
+
+    theirs = open_clip_model(VIT)
+    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, str(tmp_path / "clip.safetensors"))
+    tower = TimmImageTower(
+        "vit_base_patch16_clip_224",
+        EMBED,
+        image_size=32,
+        width=64,
+        depth=2,
+        num_heads=2,
+        patch_size=8,
+        checkpoint_path=str(tmp_path / "clip.safetensors"),
+    ).eval()
+    images, _ = inputs(32)
+    with torch.no_grad():
+        torch.testing.assert_close(tower(images), theirs.encode_image(images), rtol=0, atol=1e-5)
+
+
 def test_higher_resolution_checkpoint_resizes_position_tables():
     theirs = open_clip_model(VIT)
     ours = cliplab_model({**VIT, "image_size": 48})

@@ -6,8 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-
-from cliplab.models.interop import build_clip
+from hydra.utils import instantiate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 NAMED = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
@@ -57,9 +56,10 @@ def test_paper_models_are_all_there():
 
 @pytest.mark.parametrize("name", NAMED)
 def test_named_model_builds_and_runs_on_meta(name):
+    """Built the way training builds it (`instantiate(cfg.model)`); counts as in open_clip's table."""
     cfg = model_cfg(name)
     with torch.device("meta"):
-        model = build_clip(cfg)
+        model = instantiate(cfg, _convert_="object")
         images = torch.empty(2, 3, cfg.image_size, cfg.image_size)
         tokens = torch.zeros(2, cfg.context_length, dtype=torch.long)
         out = model(images, tokens)
@@ -69,16 +69,11 @@ def test_named_model_builds_and_runs_on_meta(name):
         # OpenAI weights were trained with QuickGELU; the ResNets use ReLU in the image tower.
         assert cfg.text_tower.act == "quick_gelu"
         assert cfg.image_tower.act == ("quick_gelu" if name.startswith("vit") else None)
-
-
-@pytest.mark.parametrize("name", sorted(PUBLISHED))
-def test_parameter_count_matches_published(name):
-    with torch.device("meta"):
-        model = build_clip(model_cfg(name))
-    total, image = PUBLISHED[name]
-    assert millions(model) == pytest.approx(total, abs=0.01)
-    if image is not None:
-        assert millions(model.visual) == pytest.approx(image, abs=0.01)
+    if name in PUBLISHED:
+        total, image = PUBLISHED[name]
+        assert millions(model) == pytest.approx(total, abs=0.01)
+        if image is not None:
+            assert millions(model.visual) == pytest.approx(image, abs=0.01)
 
 
 def test_tiny_is_the_documented_default():
@@ -90,5 +85,5 @@ def test_tiny_is_the_documented_default():
 
 def test_image_size_override_reaches_the_tower():
     with torch.device("meta"):
-        model = build_clip(model_cfg("tiny", "model.image_size=96"))
+        model = instantiate(model_cfg("tiny", "model.image_size=96"), _convert_="object")
     assert model.visual.trunk.pos_embed.shape[1] == 1 + (96 // 16) ** 2

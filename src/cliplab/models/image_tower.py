@@ -7,6 +7,7 @@ The CLIP ResNets keep timm's own attention-pool head inside the trunk (`trunk.he
 projects to `embed_dim` with a biased linear, exactly like OpenAI's `attnpool.c_proj`.
 """
 
+import difflib
 import logging
 from typing import Literal
 
@@ -29,6 +30,9 @@ _CNN_POOL = {"token": "token", "avg": "avg", "attn": ""}
 
 def _family(model_name: str) -> str:
     """'vit', 'byob' (incl. the CLIP ResNets) or 'other', from the module that registers the model."""
+    if not timm.is_model(model_name.split(".")[0]):
+        similar = difflib.get_close_matches(model_name, timm.list_models(), n=8, cutoff=0.6)
+        raise ValueError(f"unknown timm model {model_name!r}; similar: {similar} (see timm.list_models())")
     module = model_entrypoint(model_name).__module__
     if module.endswith(".vision_transformer"):
         return "vit"
