@@ -53,6 +53,14 @@ def test_safetensors_and_plain_tensor_pickles_load(tmp_path):
         assert set(loaded) == set(tensors) and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
 
 
+def test_torchscript_archive_gives_its_weights(tmp_path):
+    """OpenAI's released checkpoints are TorchScript archives; torch.load(weights_only=True) refuses them."""
+    module = torch.nn.Linear(2, 3)
+    torch.jit.script(module).save(str(tmp_path / "ViT-B-32.pt"))
+    loaded = load_state_dict(tmp_path / "ViT-B-32.pt")
+    assert set(loaded) == {"weight", "bias"} and torch.equal(loaded["weight"], module.weight.detach())
+
+
 def test_lightning_and_compile_prefixes_are_stripped(tmp_path):
     state = {"model._orig_mod.visual.w": torch.zeros(1), "model._orig_mod.logit_scale": torch.zeros(())}
     torch.save({"state_dict": state, "global_step": 7}, tmp_path / "last.ckpt")

@@ -7,6 +7,7 @@ refused unless the caller passes `allow_unsafe_pickle=True` for a file they trus
 
 import logging
 import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,6 +39,10 @@ def load_file(path: str | Path, allow_unsafe_pickle: bool = False, map_location=
         from safetensors.torch import load_file as load_safetensors
 
         return load_safetensors(str(path), device=str(map_location))
+    if _is_torchscript(path):
+        # OpenAI's released `.pt` files are TorchScript archives: deserialising TorchScript runs no Python
+        # (unlike a pickle), and only the parameters are kept.
+        return torch.jit.load(str(path), map_location=map_location).state_dict()
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -118,6 +123,13 @@ def check_state_dict(
             lines.append(f"  {title} ({len(items)}):")
             lines.extend(f"    {item}" for item in shown)
     raise CheckpointMismatchError("\n".join(lines))
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") or name == "constants.pkl" for name in archive.namelist())
 
 
 def _first_line(err: Exception) -> str:
