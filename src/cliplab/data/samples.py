@@ -62,7 +62,10 @@ class Collate:
         batch = [s for s in batch if s is not None]  # map-style sources return None for skipped items
         if not batch:
             return None
-        images = self.transform.normalize(torch.from_numpy(np.stack([s[0] for s in batch])))
+        # numpy's stack does the HWC -> CHW transpose while copying uint8 (4x less memory traffic than float).
+        images = self.transform.normalize_chw(
+            torch.from_numpy(np.stack([s[0].transpose(2, 0, 1) for s in batch]))
+        )
         captions = [s[1] for s in batch]
         tokens = self.tokenizer(captions) if self.tokenizer is not None else captions
         return images, tokens

@@ -116,17 +116,16 @@ class ClipImageTransform:
     # ---- per-batch, float --------------------------------------------------------------------------
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, H, W, 3] (or [H, W, 3]) -> normalised float [B, 3, H, W] (or [3, H, W])."""
-        single = images.dim() == 3
-        if single:
-            images = images.unsqueeze(0)
-        mean = torch.tensor(self.mean).mul_(255.0).view(1, 3, 1, 1)
-        inv_std = torch.tensor(self.std).mul_(255.0).reciprocal_().view(1, 3, 1, 1)
-        b, h, w, _ = images.shape
-        out = torch.empty((b, 3, h, w), dtype=torch.float32)
-        # One pass converts, transposes and centres; a second scales in place.
-        torch.sub(images.permute(0, 3, 1, 2), mean, out=out)
-        out.mul_(inv_std)
-        return out[0] if single else out
+        if images.dim() == 3:
+            return self.normalize_chw(images.permute(2, 0, 1).unsqueeze(0).contiguous())[0]
+        return self.normalize_chw(images.permute(0, 3, 1, 2).contiguous())
+
+    def normalize_chw(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, H, W] -> normalised float [B, 3, H, W]: one conversion, one fused pass."""
+        scale = torch.tensor(self.std).mul_(255.0).reciprocal_().view(1, 3, 1, 1)
+        shift = -torch.tensor(self.mean).mul_(255.0).view(1, 3, 1, 1) * scale
+        out = images.float()
+        return torch.addcmul(shift, out, scale, out=out)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """PIL image -> normalised float tensor [3, H, W] (torchvision-style transform)."""
