@@ -76,7 +76,7 @@ def test_documented_big_run_prints_resolved_config():
 
 def test_documented_big_run_fails_fast_with_one_line(tmp_path):
     missing = tmp_path / "no-laion" / "{00000..00009}.tar"
-    result = run_train("model=vit_l14", "data=laion", "trainer.devices=8", f"data.train.urls={missing}")
+    result = run_train("model=vit_l14", "data=laion", "trainer.devices=8", f"data.train.urls='{missing}'")
     assert result.returncode == 2
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr

@@ -79,13 +79,13 @@ def save_config(cfg: DictConfig, output_dir: Path) -> None:
 def train(cfg: DictConfig) -> dict:
     """Trains (and evaluates) one run; returns the final metrics."""
     validate(cfg)
-    pl.seed_everything(cfg.seed, workers=True)
-    ensure_wandb_mode()
     try:
         tokenizer = instantiate(cfg.model.text_tower.tokenizer)
     except Exception as err:  # a tokenizer that cannot load its vocabulary is a setup problem
         raise ConfigError(f"cannot build the tokenizer of model.text_tower: {err}") from err
     datamodule = build_datamodule(cfg, tokenizer)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    ensure_wandb_mode()
     module = build_module(cfg)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False)

@@ -59,8 +59,9 @@ def expand_shards(spec, setting: str = "urls") -> list[str]:
     urls = [u for piece in pieces for u in _expand_piece(piece)]
     missing = [u for u in urls if _is_local(u) and not os.path.isfile(_local_path(u))]
     if missing:
-        log.warning("%d of %d shards of %r do not exist, e.g. %s", len(missing), len(urls), spec, missing[0])
         missing_set = set(missing)
+        if len(missing_set) < len(urls):  # when none exist, the error below says it all
+            log.warning("%d of %d shards of %r do not exist, e.g. %s", len(missing), len(urls), spec, missing[0])
         urls = [u for u in urls if u not in missing_set]
     if not urls:
         raise NoShardsError(
