@@ -17,7 +17,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def compose_config(overrides: list[str] = (), config_name: str = "train", output_dir: Path | None = None) -> DictConfig:
+def compose_config(
+    overrides: list[str] = (), config_name: str = "train", output_dir: Path | None = None
+) -> DictConfig:
     """The config `python src/train.py <overrides>` would run with (hydra resolvers included)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -37,7 +37,18 @@ def test_config_group_exists(group):
     assert GROUPS_REQUIRED[group] is None or GROUPS_REQUIRED[group] <= found
 
 
-SWAPPABLE = ["model", "data", "loss", "optim", "scheduler", "logger", "trainer", "debug", "experiment", "zeroshot"]
+SWAPPABLE = [
+    "model",
+    "data",
+    "loss",
+    "optim",
+    "scheduler",
+    "logger",
+    "trainer",
+    "debug",
+    "experiment",
+    "zeroshot",
+]
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
 """The environment the Makefile builds: a torch + torchvision pair that loads, timm models that build."""
 
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +21,9 @@ def test_timm_builds_a_clip_tower():
     import timm
     import torch
 
-    model = timm.create_model("vit_base_patch16_clip_224", pretrained=False, img_size=32, depth=1, num_classes=8)
+    model = timm.create_model(
+        "vit_base_patch16_clip_224", pretrained=False, img_size=32, depth=1, num_classes=8
+    )
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 8)
 
 

@@ -40,7 +40,9 @@ def test_run_saves_checkpoints_metrics_and_results(cfg_factory, emoji_ready, tmp
     metrics = train(cfg)
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in ckpts and "epoch_000.ckpt" in ckpts and "epoch_001.ckpt" in ckpts
-    assert json.loads((tmp_path / "metrics.json").read_text())["train/loss"] == pytest.approx(metrics["train/loss"])
+    assert json.loads((tmp_path / "metrics.json").read_text())["train/loss"] == pytest.approx(
+        metrics["train/loss"]
+    )
     assert (tmp_path / "results.md").is_file()
     assert any(k.startswith("zeroshot/") for k in metrics)
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)

@@ -23,7 +23,10 @@ def test_default_config_is_valid(cfg_factory):
         (["optim.lr=fast"], "optim.lr"),
         (["data.batch_size=0"], "must be positive"),
         (["trainer.accumulate_grad_batches=4"], "accumulate_grad_batches=4"),
-        (["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=3", "data.batch_size=64"], "divide across 3"),
+        (
+            ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=3", "data.batch_size=64"],
+            "divide across 3",
+        ),
         (["loss=siglip"], "model.init_logit_bias"),
     ],
 )

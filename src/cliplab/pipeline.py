@@ -8,8 +8,8 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cliplab.lit.module import CLIPModule
 from cliplab.data.shard_lists import NoShardsError
+from cliplab.lit.module import CLIPModule
 from cliplab.utils.errors import ConfigError, DataError
 from cliplab.utils.results import final_results, write_results
 from cliplab.utils.wandb_mode import ensure_wandb_mode, finish_wandb

@@ -49,7 +49,9 @@ def check_types(cfg: DictConfig) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, kind):
             expected = "an integer" if kind is numbers.Integral else "a number"
-            raise ConfigError(f"{key}={value!r} must be {expected}, e.g. {key}={3 if expected[1] == 'n' else 1e-4}")
+            raise ConfigError(
+                f"{key}={value!r} must be {expected}, e.g. {key}={3 if expected[1] == 'n' else 1e-4}"
+            )
     if cfg.data.get("batch_size", 1) <= 0:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be positive")
 

@@ -1,6 +1,5 @@
 """The LightningModule: a CLIP model, a contrastive loss, AdamW and a schedule, all from plain config."""
 
-import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -8,8 +7,7 @@ import torch
 from hydra.utils import instantiate
 
 from cliplab.lit.param_groups import param_groups
-
-MAX_LOGIT_SCALE = math.log(100.0)
+from cliplab.models.clip import MAX_LOGIT_SCALE
 
 
 class CLIPModule(pl.LightningModule):
@@ -33,7 +31,8 @@ class CLIPModule(pl.LightningModule):
         self.save_hyperparameters()
         self.model = None
         self.loss_fn = instantiate(loss)
-        self.tokenizer = instantiate(model["text_tower"]["tokenizer"]) if "tokenizer" in model["text_tower"] else None
+        tokenizer_cfg = model["text_tower"].get("tokenizer")
+        self.tokenizer = instantiate(tokenizer_cfg) if tokenizer_cfg else None
         self.samples_seen = 0
 
     def configure_model(self) -> None:
@@ -70,7 +69,9 @@ class CLIPModule(pl.LightningModule):
     def _step_loss(self, batch) -> tuple[torch.Tensor, dict]:
         images, tokens = batch
         out = self.model(images, tokens)
-        loss = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"])
+        loss = self.loss_fn(
+            out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"]
+        )
         return loss, out
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+MAX_LOGIT_SCALE = math.log(100.0)
+
 
 class CLIP(nn.Module):
     """Two towers projecting into one embedding space.
@@ -27,7 +29,9 @@ class CLIP(nn.Module):
         super().__init__()
         for name, tower in (("image", image_tower), ("text", text_tower)):
             if getattr(tower, "output_dim", embed_dim) != embed_dim:
-                raise ValueError(f"{name} tower outputs {tower.output_dim} features but embed_dim is {embed_dim}")
+                raise ValueError(
+                    f"{name} tower outputs {tower.output_dim} features but embed_dim is {embed_dim}"
+                )
         self.embed_dim = embed_dim
         # Input shapes the towers were built for (the towers read them from the same config).
         self.image_size = image_size
@@ -35,7 +39,8 @@ class CLIP(nn.Module):
         self.visual = image_tower
         self.text = text_tower
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
-        self.logit_bias = None if init_logit_bias is None else nn.Parameter(torch.tensor(float(init_logit_bias)))
+        bias = None if init_logit_bias is None else nn.Parameter(torch.tensor(float(init_logit_bias)))
+        self.logit_bias = bias
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         features = self.visual(images)
@@ -49,6 +54,8 @@ class CLIP(nn.Module):
         return {
             "image_features": self.encode_image(images, normalize=True),
             "text_features": self.encode_text(tokens, normalize=True),
-            "logit_scale": self.logit_scale.exp(),
+            # The training module clamps the parameter after each step; clamping here too keeps the
+            # temperature bounded where a strategy owns the master weights (DeepSpeed's fp32 copy).
+            "logit_scale": self.logit_scale.clamp(0, MAX_LOGIT_SCALE).exp(),
             "logit_bias": self.logit_bias,
         }

@@ -6,10 +6,12 @@ import hashlib
 import json
 from pathlib import Path
 
+from cliplab.utils.errors import DataError
+
 MANIFEST = "manifest.json"
 
 
-class CorruptDataset(RuntimeError):
+class CorruptDataset(DataError, RuntimeError):
     """The emoji data set is missing, partial or altered; the message names the rebuild command."""
 
 
