@@ -7,7 +7,7 @@ STAMP := $(VENV)/.cliplab-installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train test test-full lint format bench sweep report clean
+.PHONY: help install data train test test-full lint format bench sweep sweep-small report clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -46,3 +46,16 @@ bench: $(STAMP) ## Benchmarks side by side with open_clip (prints tables; writes
 
 clean: ## Remove run outputs (keeps the environment and the data cache)
 	rm -rf logs outputs multirun wandb lightning_logs .pytest_cache
+
+SWEEP ?= scaling_emoji_small
+REPORT_DIR = $(if $(wildcard $(SWEEP)/.),$(SWEEP),logs/sweeps/$(SWEEP))
+
+sweep: data ## Run a sweep from sweeps/<SWEEP>.yaml (resumable: finished jobs skip), e.g. make sweep SWEEP=scaling_emoji
+	$(PY) -m cliplab.sweeps.launch $(SWEEP) $(ARGS)
+
+sweep-small: data ## A real small scaling sweep on CPU (3 model sizes on emoji), then its report
+	$(PY) -m cliplab.sweeps.launch scaling_emoji_small $(ARGS)
+	$(PY) -m cliplab.sweeps.report logs/sweeps/scaling_emoji_small
+
+report: $(STAMP) ## Report of a sweep (name or directory): table, scaling fit, plots -> <dir>/report/
+	$(PY) -m cliplab.sweeps.report $(REPORT_DIR) $(ARGS)

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cliplab.data.shard_lists import NoShardsError
 from cliplab.lit.module import CLIPModule
+from cliplab.sweeps.jobs import start_job
 from cliplab.utils.errors import ConfigError, DataError
 from cliplab.utils.results import final_results, write_results
 from cliplab.utils.wandb_mode import ensure_wandb_mode, finish_wandb
@@ -78,6 +79,11 @@ def save_config(cfg: DictConfig, output_dir: Path) -> None:
 
 def train(cfg: DictConfig) -> dict:
     """Trains (and evaluates) one run; returns the final metrics."""
+    # Sweeps (cliplab.sweeps.jobs): in a multirun, a finished job returns its saved metrics instead of
+    # retraining, and an interrupted one resumes from its last.ckpt; also names the job's W&B run.
+    finished = start_job(cfg)
+    if finished is not None:
+        return finished
     validate(cfg)
     try:
         tokenizer = instantiate(cfg.model.text_tower.tokenizer)

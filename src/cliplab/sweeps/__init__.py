@@ -1,0 +1,1 @@
+"""Scaling sweeps: idempotent multirun jobs, run collection, power-law fits and reports."""

@@ -1,0 +1,65 @@
+"""Sweep figures as PNG files: error vs compute (log-log, with its power law) and loss curves."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a display (CI, SLURM, notebooks save too)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cliplab.sweeps.collect import Job  # noqa: E402
+from cliplab.sweeps.powerlaw import PowerLaw, fit_power_law  # noqa: E402
+
+
+def scaling_points(jobs: list[Job], metric: str) -> tuple[list[Job], np.ndarray, np.ndarray]:
+    """Jobs with both a training compute and a value of `metric`, with (compute, error) arrays."""
+    kept = [j for j in jobs if j.compute is not None and j.error_rate(metric) is not None]
+    return kept, np.array([j.compute for j in kept]), np.array([j.error_rate(metric) for j in kept])
+
+
+def plot_scaling(jobs: list[Job], metric: str, path: Path) -> PowerLaw | None:
+    kept, compute, error = scaling_points(jobs, metric)
+    fit = fit_power_law(compute, error)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(compute, error, color="C0", zorder=3)
+    for job, x, y in zip(kept, compute, error):
+        ax.annotate(job.name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    if fit is not None:
+        grid = np.geomspace(compute.min(), compute.max(), 50)
+        ax.plot(grid, fit(grid), "--", color="C1", label=f"fit: {fit}")
+        ax.legend(fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training compute (FLOPs = FLOPs/sample x samples seen)")
+    ax.set_ylabel("loss" if metric.endswith("loss") else f"error = 1 - {metric}")
+    ax.set_title("Scaling: error vs compute")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return fit
+
+
+def plot_curves(jobs: list[Job], key: str, path: Path) -> int:
+    """One line per job of a logged metric against samples seen (steps x batch); returns lines drawn."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    drawn = 0
+    for job in jobs:
+        points = job.curve(key)
+        if not points:
+            continue
+        batch = (job.config.get("data") or {}).get("batch_size") or 1
+        steps, values = zip(*points)
+        ax.plot(np.array(steps) * batch, values, label=job.name)
+        drawn += 1
+    ax.set_xlabel("samples seen")
+    ax.set_ylabel(key)
+    ax.set_title(f"{key} per job")
+    ax.grid(True, alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return drawn

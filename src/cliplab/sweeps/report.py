@@ -1,0 +1,163 @@
+"""Sweep report: `python -m cliplab.sweeps.report <sweep dir>` (or `make report SWEEP=<dir>`).
+
+Writes into `<sweep dir>/report/`: runs.csv, scaling.png (error vs training compute, log-log, fitted power
+law), loss.png (train/loss curves), val_loss.png, report.md and report.html. Offline: it reads only the job
+directories. With `--wandb` and an online W&B login it also publishes a W&B report (cliplab.sweeps.wandb_report).
+"""
+
+import argparse
+import csv
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cliplab.sweeps.collect import Job, collect
+from cliplab.sweeps.plots import plot_curves, plot_scaling
+from cliplab.sweeps.powerlaw import PowerLaw
+
+DEFAULT_METRIC = "zeroshot/emoji/top1"
+COLUMNS = ("job", "status", "flops/sample", "samples seen", "compute (FLOPs)", "train/loss", "val/loss")
+
+
+@dataclass
+class Report:
+    out_dir: Path
+    jobs: list[Job]
+    metric: str
+    fit: PowerLaw | None
+    files: dict[str, Path]
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def table_rows(jobs: list[Job], metrics: list[str]) -> list[list[str]]:
+    rows = []
+    for job in jobs:
+        row = [job.name, job.status, job.flops_per_sample, job.samples_seen, job.compute]
+        row += [job.metrics.get("train/loss"), job.metrics.get("val/loss")]
+        row += [job.metrics.get(m) for m in metrics]
+        rows.append([_fmt(v) for v in row])
+    return rows
+
+
+def eval_metrics(jobs: list[Job], metric: str) -> list[str]:
+    """The headline metric first, then every other zero-shot/retrieval metric any job logged."""
+    names = sorted(
+        {k for j in jobs for k in j.metrics if k.startswith(("zeroshot/", "retrieval/"))} - {metric}
+    )
+    return [metric, *names]
+
+
+def markdown(jobs: list[Job], metric: str, fit: PowerLaw | None, images: dict[str, str], title: str) -> str:
+    metrics = eval_metrics(jobs, metric)
+    header = [*COLUMNS, *metrics]
+    lines = [f"# {title}", ""]
+    if fit is not None:
+        lines.append(
+            f"Power law of error (1 - `{metric}`) vs training compute C: **{fit}**; exponent {fit.exponent:.4f}."
+        )
+    else:
+        lines.append(f"No power-law fit: fewer than two finished jobs with `{metric}` and a FLOP count.")
+    failed = [j for j in jobs if j.status in ("failed", "incomplete")]
+    if failed:
+        lines += ["", "Unfinished jobs: " + ", ".join(f"`{j.name}` ({j.status})" for j in failed)]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(jobs, metrics)]
+    for caption, file in images.items():
+        lines += ["", f"## {caption}", "", f"![{caption}]({file})"]
+    return "\n".join(lines) + "\n"
+
+
+def html_page(jobs: list[Job], metric: str, fit: PowerLaw | None, images: dict[str, str], title: str) -> str:
+    metrics = eval_metrics(jobs, metric)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in (*COLUMNS, *metrics))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>"
+        for row in table_rows(jobs, metrics)
+    )
+    summary = html.escape(f"Power law: error = {fit}" if fit else "No power-law fit (fewer than two points).")
+    figures = "".join(
+        f"<h2>{html.escape(c)}</h2><img src='{html.escape(f)}' alt='{html.escape(c)}'>"
+        for c, f in images.items()
+    )
+    style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><p>{summary}</p>"
+        f"<table><tr>{head}</tr>{body}</table>{figures}</body></html>\n"
+    )
+
+
+def write_runs_csv(jobs: list[Job], metric: str, path: Path) -> None:
+    metrics = eval_metrics(jobs, metric)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*COLUMNS, *metrics, *sorted({k for j in jobs for k in j.overrides})])
+        keys = sorted({k for j in jobs for k in j.overrides})
+        for job, row in zip(jobs, table_rows(jobs, metrics)):
+            writer.writerow([*row, *(job.overrides.get(k, "") for k in keys)])
+
+
+def write_report(
+    sweep_dir: str | Path, out_dir: str | Path | None = None, metric: str = DEFAULT_METRIC
+) -> Report:
+    """Collects the sweep's jobs and writes the table, figures, Markdown and HTML; returns what it wrote."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"no sweep directory {sweep_dir}")
+    out_dir = Path(out_dir) if out_dir else sweep_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = collect(sweep_dir)
+    files = {"runs.csv": out_dir / "runs.csv", "scaling.png": out_dir / "scaling.png"}
+    write_runs_csv(jobs, metric, files["runs.csv"])
+    fit = plot_scaling(jobs, metric, files["scaling.png"])
+    images = {"Error vs training compute": "scaling.png"}
+    for key, file, caption in (
+        ("train/loss", "loss.png", "Training loss"),
+        ("val/loss", "val_loss.png", "Validation loss"),
+    ):
+        if plot_curves(jobs, key, out_dir / file):
+            files[file], images[caption] = out_dir / file, file
+    title = f"Sweep report: {sweep_dir.name}"
+    files["report.md"] = out_dir / "report.md"
+    files["report.md"].write_text(markdown(jobs, metric, fit, images, title))
+    files["report.html"] = out_dir / "report.html"
+    files["report.html"].write_text(html_page(jobs, metric, fit, images, title))
+    summary = {"metric": metric, "jobs": len(jobs), "fit": None if fit is None else fit.__dict__}
+    files["fit.json"] = out_dir / "fit.json"
+    files["fit.json"].write_text(json.dumps(summary, indent=2))
+    return Report(out_dir=out_dir, jobs=jobs, metric=metric, fit=fit, files=files)
+
+
+def main(argv: list[str] | None = None) -> Report:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "sweep_dir", help="the sweep directory (hydra.sweep.dir), e.g. logs/sweeps/scaling_emoji_small"
+    )
+    parser.add_argument("--out", default=None, help="output folder (default: <sweep_dir>/report)")
+    parser.add_argument(
+        "--metric", default=DEFAULT_METRIC, help="accuracy (error = 1 - value) or a */loss metric"
+    )
+    parser.add_argument(
+        "--wandb", action="store_true", help="also publish a W&B report (online login needed)"
+    )
+    args = parser.parse_args(argv)
+    report = write_report(args.sweep_dir, args.out, args.metric)
+    print(report.files["report.md"].read_text())
+    print(f"report written to {report.out_dir}")
+    if args.wandb:
+        from cliplab.sweeps.wandb_report import publish
+
+        print(publish(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
