@@ -1,0 +1,115 @@
+"""`python -m bench [names...] [--quick] [--reps N] [--device auto|cpu|cuda] [--levers]` (`make bench ARGS=...`).
+
+Runs the selected benchmarks side by side with open_clip and writes bench/results/latest.{md,json}.
+Names: train_step, end_to_end, memory (harness rows); loss, data, zeroshot (standalone scripts whose
+printed tables are appended). Default: all of them.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+
+import torch
+
+from bench import harness
+
+ROWS = ("train_step", "end_to_end", "memory")
+SCRIPTS = {
+    # name: (script, full args, quick args)
+    "loss": ("bench/bench_loss.py", [], ["--sizes", "1024", "2048", "--chunked-only-sizes", "--reps", "2"]),
+    "data": ("bench/bench_data.py", [], ["--samples", "512", "--sizes", "256", "--workers", "1"]),
+    "zeroshot": ("bench/bench_zeroshot.py", ["--num-classes", "100"], ["--num-classes", "10"]),
+}
+SHARED_NOTE = (
+    "Timings depend on the machine being otherwise idle; a shared machine makes them noisy "
+    "(see the min-max spread in the JSON)."
+)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", help=f"subset of {', '.join(ROWS + tuple(SCRIPTS))}")
+    parser.add_argument("--quick", action="store_true", help="small cases, fewer runs: a smoke test")
+    parser.add_argument("--reps", type=int, default=None, help="process runs per side (default 5, quick 3)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads on both sides (default: all)"
+    )
+    parser.add_argument("--levers", action="store_true", help="train_step also with fused AdamW / compile")
+    parser.add_argument("--note", action="append", default=[], help="a line added under the table")
+    args = parser.parse_args(argv)
+    unknown = set(args.names) - set(ROWS) - set(SCRIPTS)
+    if unknown:
+        parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {ROWS + tuple(SCRIPTS)}")
+    return args
+
+
+def resolve_device(choice: str) -> str | None:
+    """`cuda` when asked for or (auto) available; None when cuda was asked for but is missing."""
+    if choice == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu" if choice == "auto" else None
+
+
+def collect_cases(names, device, threads, quick, levers, state_dir) -> list:
+    from bench import bench_end_to_end, bench_memory, bench_train_step
+
+    makers = {
+        "train_step": lambda: bench_train_step.cases(device, threads, quick, state_dir, levers),
+        "end_to_end": lambda: bench_end_to_end.cases(device, threads, quick, state_dir),
+        "memory": lambda: bench_memory.cases(device, threads, quick, state_dir),
+    }
+    return [case for name in names if name in makers for case in makers[name]()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    device = resolve_device(args.device)
+    if device is None:
+        print("--device cuda: no CUDA device here; skipping (nothing to run).")
+        return 0
+    threads = args.threads or (torch.get_num_threads() if device == "cpu" else 1)
+    torch.set_num_threads(threads)
+    reps = args.reps or (3 if args.quick else 5)
+    names = args.names or list(ROWS + tuple(SCRIPTS))
+    info = harness.machine_info(device, threads)
+    print(f"cliplab bench on {device}, {threads} threads, {reps} runs per side; torch {info['torch']}")
+
+    peaks = measure_peaks(device)
+    done, raw, sections = [], {}, {}
+    with tempfile.TemporaryDirectory(prefix="cliplab-bench-") as state_dir:
+        for case in collect_cases(names, device, threads, args.quick, args.levers, state_dir):
+            print(f"{case.name}:", flush=True)
+            results = harness.run_case(case, reps, log=lambda m: print(m, flush=True))
+            raw[case.name] = results
+            done.append(case)
+    for name in names:
+        if name in SCRIPTS:
+            script, full, quick = SCRIPTS[name]
+            print(f"{script} ...", flush=True)
+            sections[script] = harness.run_script(script, quick if args.quick else full)
+    # The peak is measured again at the end: the better of the two is the ceiling (less shared-load luck).
+    for key, value in measure_peaks(device).items():
+        peaks[key] = max(peaks[key], value)
+    rows = [harness.summarize(case, raw[case.name], peaks) for case in done]
+    notes = [SHARED_NOTE, *args.note]
+    md_path, json_path = harness.write_results(rows, info, peaks, raw, sections, notes=notes)
+    print()
+    print(md_path.read_text())
+    print(f"written {md_path} and {json_path}")
+    return 0 if all(r.gate_ok for r in rows) else 1
+
+
+def measure_peaks(device: str) -> dict[str, float]:
+    return {
+        "fp32": harness.matmul_peak(torch.float32, device),
+        "bf16": harness.matmul_peak(torch.bfloat16, device),
+    }
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""End to end: wall time to train N samples (default 4,096) of the tiny model from webdataset shards,
+data workers and compute sharing the machine. cliplab: `CLIPDataModule` + `WebDatasetSource` +
+Lightning `Trainer` + `CLIPModule`. open_clip: its own loop built from its components
+(`open_clip_train.data.get_wds_dataset`, its train transform and tokenizer, `CLIP`, `ClipLoss`, AdamW).
+
+The clock starts before the loader exists (worker start-up and shuffle-buffer fill count) and stops
+after the last optimizer step. Both sides load the same initial weights; the shards are seeded
+synthetic JPEGs (bench_data's writer). The samples the two loaders draw differ (independent shuffles),
+so the gate is looser than the train-step one: the first-step losses agree within 5 %.
+
+    python -m bench end_to_end [--quick]
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+from bench.bench_train_step import (
+    compose_group,
+    load_reference_state,
+    model_config,
+    openclip_config,
+    openclip_param_groups,
+    write_reference_state,
+)
+
+SHORT_SIDE = 128  # stored images larger than the 64 px model input, so decode + crop do real work
+
+
+def run_cliplab(spec: dict, model_cfg: dict) -> dict:
+    import pytorch_lightning as pl
+
+    from cliplab.data.datamodule import CLIPDataModule
+    from cliplab.data.webdataset_source import WebDatasetSource
+    from cliplab.lit.module import CLIPModule
+    from cliplab.models.interop import load_openclip_state_dict
+
+    module = CLIPModule(
+        model=model_cfg, loss=compose_group("loss", "clip"), optim=compose_group("optim", "adamw")
+    )
+    module.configure_model()
+    load_openclip_state_dict(module.model, load_reference_state(spec["state_path"]))
+    steps = spec["samples"] // spec["batch"]
+    marks: dict = {}
+
+    class Clock(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 0:
+                marks["first_loss"] = float(outputs["loss"].detach())
+                marks["first"] = time.perf_counter()
+            marks["end"] = time.perf_counter()
+
+    start = time.perf_counter()
+    datamodule = CLIPDataModule(
+        train=WebDatasetSource(spec["pattern"], samples_per_epoch=spec["samples"]),
+        batch_size=spec["batch"],
+        num_workers=spec["workers"],
+        image_size=model_cfg["image_size"],
+        tokenizer=module.tokenizer,
+        persistent_workers=False,
+    )
+    trainer = pl.Trainer(
+        accelerator="gpu" if spec["device"].startswith("cuda") else "cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=steps,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[Clock()],
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return _result(spec, start, marks, trainer.global_step)
+
+
+def run_open_clip(spec: dict, model_cfg: dict) -> dict:
+    import functools
+    from types import SimpleNamespace
+
+    import open_clip_train.data as open_clip_data
+    from open_clip.loss import ClipLoss
+    from open_clip.model import CLIP
+    from open_clip.tokenizer import SimpleTokenizer
+    from open_clip.transform import image_transform
+    from webdataset.tariterators import tar_file_expander
+
+    from cliplab.data.transforms import CLIP_MEAN, CLIP_STD
+
+    # webdataset >= 1.0 ends each shard with an EOF sample open_clip 3.3 cannot group (see bench_data).
+    open_clip_data.tar_file_expander = functools.partial(tar_file_expander, eof_value=None)
+    device = torch.device(spec["device"])
+    model = CLIP(**openclip_config(model_cfg), output_dict=True)
+    model.load_state_dict(load_reference_state(spec["state_path"]))
+    model.to(device).train()
+    optim = compose_group("optim", "adamw")
+    optimizer = torch.optim.AdamW(
+        openclip_param_groups(model, optim["weight_decay"]),
+        lr=optim["lr"],
+        betas=tuple(optim["betas"]),
+        eps=optim["eps"],
+    )
+    loss_fn = ClipLoss()
+    marks: dict = {}
+    steps = 0
+
+    start = time.perf_counter()
+    args = SimpleNamespace(
+        train_data=spec["pattern"],
+        val_data=None,
+        train_num_samples=spec["samples"],
+        dataset_resampled=False,
+        train_data_upsampling_factors=None,
+        seed=0,
+        batch_size=spec["batch"],
+        workers=spec["workers"],
+        world_size=1,
+    )
+    preprocess = image_transform(model_cfg["image_size"], is_train=True, mean=CLIP_MEAN, std=CLIP_STD)
+    tokenizer = SimpleTokenizer(context_length=model_cfg["context_length"])
+    data = open_clip_data.get_wds_dataset(args, preprocess, is_train=True, floor=True, tokenizer=tokenizer)
+    data.set_epoch(0)
+    for i, (images, tokens) in enumerate(data.dataloader):
+        images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        out = model(images, tokens)
+        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if i == 0:
+            marks["first_loss"] = float(loss.detach())
+            marks["first"] = time.perf_counter()
+        steps += 1
+    marks["end"] = time.perf_counter()
+    return _result(spec, start, marks, steps)
+
+
+def _result(spec: dict, start: float, marks: dict, steps: int) -> dict:
+    samples = steps * spec["batch"]
+    total = marks["end"] - start
+    return {
+        "first_loss": marks.get("first_loss"),
+        "steps": steps,
+        "samples": samples,
+        "time_s": total,
+        "samples_per_s": samples / total,
+        "warmup_s": marks["first"] - start,  # loader start-up + first step
+    }
+
+
+def worker(spec: dict) -> dict:
+    torch.set_num_threads(spec["threads"])
+    model_cfg = model_config(spec["model"])
+    run = run_cliplab if spec["side"] == "cliplab" else run_open_clip
+    result = run(spec, model_cfg)
+    result.update(side=spec["side"], threads=torch.get_num_threads())
+    return result
+
+
+def cases(device: str, threads: int, quick: bool, state_dir: str) -> list:
+    from bench.bench_data import write_synthetic_shards
+    from bench.harness import Case
+
+    samples = 1024 if quick else 4096
+    pattern = write_synthetic_shards(os.path.join(state_dir, "shards"), SHORT_SIDE, samples)
+    path = os.path.join(state_dir, "tiny.safetensors")
+    if not os.path.exists(path):
+        write_reference_state(model_config("tiny"), path)
+    workers = 1 if (os.cpu_count() or 1) <= 2 else 4
+    spec = dict(
+        model="tiny",
+        batch=128,
+        samples=samples,
+        workers=workers,
+        pattern=pattern,
+        state_path=path,
+        device=device,
+        threads=threads,
+    )
+    return [
+        Case(
+            name=f"end to end tiny {samples} samples, {workers} worker(s)",
+            module="bench.bench_end_to_end",
+            spec=spec,
+            gate_rtol=0.05,
+        )
+    ]
+
+
+def main() -> int | None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    from bench.__main__ import main as bench_main
+
+    return bench_main(["end_to_end", *rest])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

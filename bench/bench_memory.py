@@ -1,0 +1,47 @@
+"""Peak resident memory of a training step at batch 512 (tiny model), with and without activation
+checkpointing, cliplab vs open_clip. Each run is its own process (bench_train_step's worker): the
+kernel's high-water mark is reset after the warm-up step, so the number is the rise over the steady
+state (weights, AdamW state, data) during the measured steps: activations, gradients, temporaries.
+
+    python -m bench memory [--quick]
+"""
+
+import os
+
+from bench.bench_train_step import model_config, write_reference_state
+
+
+def cases(device: str, threads: int, quick: bool, state_dir: str) -> list:
+    from bench.harness import Case
+
+    if device.startswith("cuda"):
+        return []  # RSS is host memory; GPU memory is a different benchmark
+    path = os.path.join(state_dir, "tiny.safetensors")
+    if not os.path.exists(path):
+        write_reference_state(model_config("tiny"), path)
+    out = []
+    for ckpt in (False, True):
+        spec = dict(
+            model="tiny",
+            batch=512,
+            precision="fp32",
+            warmup=1,
+            steps=1 if quick else 2,
+            device=device,
+            threads=threads,
+            seed=0,
+            state_path=path,
+            grad_checkpointing=ckpt,
+            distinct_batches=1,
+        )
+        out.append(
+            Case(
+                name=f"peak memory tiny b512 fp32{' +act ckpt' if ckpt else ''}",
+                module="bench.bench_train_step",
+                spec=spec,
+                metric="step_rss_rise_bytes",
+                higher_is_better=False,
+                unit="bytes",
+            )
+        )
+    return out

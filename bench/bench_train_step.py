@@ -1,0 +1,348 @@
+"""Training-step throughput: cliplab's real Trainer path vs open_clip's model + ClipLoss + AdamW loop.
+
+cliplab: `pytorch_lightning.Trainer` + `CLIPModule` (model, loss and AdamW from conf/) fed by an in-memory
+DataLoader. open_clip: its `CLIP` built from the matching custom config, `ClipLoss`, AdamW with open_clip's
+decay rule, the loop of `open_clip_train.train` reduced to its compute (same autocast, same clamp).
+Both sides load the same state dict (written once by the parent) and see the same seeded batches, so
+the first-step loss must agree before any timing counts.
+
+    python -m bench.bench_train_step --quick          # tiny model only, 5 runs per side
+    python -m bench.bench_train_step                  # tiny b128 + ViT-B/32 b32, fp32 and bf16
+    python -m bench.bench_train_step --levers         # also cliplab with fused AdamW / compile
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+EOT_TOKEN = 49407
+
+
+# ---------------------------------------------------------------------------------------------- shared setup
+def compose_group(group: str, name: str) -> dict:
+    """A resolved config group entry (e.g. `model/tiny`) through Hydra, exactly as a run would see it."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"{group}={name}"])
+    return OmegaConf.to_container(cfg[group], resolve=True)
+
+
+def model_config(name: str, grad_checkpointing: bool = False) -> dict:
+    cfg = compose_group("model", name)
+    for tower in ("image_tower", "text_tower"):
+        cfg[tower]["grad_checkpointing"] = grad_checkpointing
+    return cfg
+
+
+def openclip_config(model_cfg: dict) -> dict:
+    """open_clip's custom model config for the same architecture (derived by cliplab's exporter)."""
+    from cliplab.models.interop import build_clip
+    from cliplab.models.interop.openclip_export import openclip_model_cfg
+
+    with torch.device("meta"):
+        return openclip_model_cfg(build_clip(model_cfg))
+
+
+def write_reference_state(model_cfg: dict, path: str, seed: int = 0) -> str:
+    """open_clip's freshly initialised weights (seeded): the initial state of both sides."""
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = CLIP(**openclip_config(model_cfg))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path
+
+
+def load_reference_state(path: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def make_batches(model_cfg: dict, batch: int, count: int, seed: int = 0) -> list[tuple]:
+    """Seeded normalised-image-like tensors and token rows ending in EOT then padding, as a tokenizer gives."""
+    gen = torch.Generator().manual_seed(seed)
+    size, length = model_cfg["image_size"], model_cfg["context_length"]
+    out = []
+    for _ in range(count):
+        images = torch.randn(batch, 3, size, size, generator=gen)
+        tokens = torch.randint(1, EOT_TOKEN - 1, (batch, length), generator=gen)
+        ends = torch.randint(2, length, (batch,), generator=gen)
+        positions = torch.arange(length)
+        tokens[positions[None] == ends[:, None]] = EOT_TOKEN
+        tokens[positions[None] > ends[:, None]] = 0
+        tokens[:, 0] = 49406  # start of text
+        out.append((images, tokens))
+    return out
+
+
+class InMemoryBatches(torch.utils.data.Dataset):
+    """`steps` batches cycling over a few precomputed ones (DataLoader with batch_size=None)."""
+
+    def __init__(self, batches: list[tuple], steps: int):
+        self.batches, self.steps = batches, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, i: int) -> tuple:
+        return self.batches[i % len(self.batches)]
+
+
+def train_flops_per_sample(model_cfg: dict, batch: int = 2) -> float:
+    """One FLOP count (torch.utils.flop_counter on cliplab's model, meta device) used for both sides."""
+    from bench.harness import count_train_flops
+    from cliplab.models.interop import build_clip
+
+    with torch.device("meta"):
+        model = build_clip(model_cfg)
+        images = torch.empty(batch, 3, model_cfg["image_size"], model_cfg["image_size"])
+        tokens = torch.zeros(batch, model_cfg["context_length"], dtype=torch.long)
+        return count_train_flops(model, images, tokens) / batch
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{key}:\s+(\d+)", f.read(), re.M).group(1))
+
+
+def reset_peak_rss() -> int | None:
+    """Resets the kernel's resident high-water mark; returns the current RSS in bytes (None off Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_kib("VmRSS") * 1024
+    except OSError:
+        return None
+
+
+def peak_rss() -> int | None:
+    try:
+        return _status_kib("VmHWM") * 1024
+    except (OSError, AttributeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- timing
+class StepClock:
+    """Marks the start of the timed steps and the end of the last; records the first-step loss."""
+
+    def __init__(self, warmup: int, total: int, device: str):
+        self.warmup, self.total = warmup, total
+        self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        self.first_loss = None
+        self.t_begin = self.t_timed = self.t_end = None
+        self.rss_base = None
+
+    def begin(self) -> None:
+        self.t_begin = time.perf_counter()
+
+    def before_step(self, i: int) -> None:
+        if i == self.warmup:
+            self.sync()
+            self.rss_base = reset_peak_rss()
+            self.t_timed = time.perf_counter()
+
+    def after_step(self, i: int, loss: torch.Tensor) -> None:
+        if i == 0:
+            self.first_loss = float(loss.detach().float())  # one sync, during warm-up only
+        if i == self.total - 1:
+            self.sync()
+            self.t_end = time.perf_counter()
+
+    def result(self, batch: int) -> dict:
+        steps = self.total - self.warmup
+        step_s = (self.t_end - self.t_timed) / steps
+        peak = peak_rss()
+        return {
+            "first_loss": self.first_loss,
+            "samples_per_s": batch / step_s,
+            "step_s": step_s,
+            "warmup_s": self.t_timed - self.t_begin,
+            "peak_rss_bytes": peak,
+            "step_rss_rise_bytes": None if self.rss_base is None or peak is None else peak - self.rss_base,
+        }
+
+
+# ---------------------------------------------------------------------------------------------- sides
+def run_cliplab(spec: dict, model_cfg: dict, batches: list[tuple]) -> dict:
+    import pytorch_lightning as pl
+
+    from cliplab.lit.module import CLIPModule
+    from cliplab.models.interop import load_openclip_state_dict
+
+    optim = compose_group("optim", spec.get("optim", "adamw"))
+    optim.update(spec.get("optim_overrides", {}))
+    module = CLIPModule(
+        model=model_cfg, loss=compose_group("loss", "clip"), optim=optim, compile=spec.get("compile", False)
+    )
+    module.configure_model()  # idempotent: fit will not rebuild it, so the loaded weights stay
+    load_openclip_state_dict(module.model, load_reference_state(spec["state_path"]))
+    clock = StepClock(spec["warmup"], spec["warmup"] + spec["steps"], spec["device"])
+
+    class Clock(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            clock.before_step(batch_idx)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock.after_step(batch_idx, outputs["loss"])
+
+    trainer = pl.Trainer(
+        accelerator="gpu" if spec["device"].startswith("cuda") else "cpu",
+        devices=1,
+        precision="bf16-mixed" if spec["precision"] == "bf16" else "32-true",
+        max_steps=clock.total,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[Clock()],
+    )
+    loader = torch.utils.data.DataLoader(InMemoryBatches(batches, clock.total), batch_size=None)
+    clock.begin()
+    trainer.fit(module, train_dataloaders=loader)
+    return clock.result(spec["batch"])
+
+
+def openclip_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """open_clip_train.main's rule: no decay for gains, biases, norms and the temperature."""
+    exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0},
+        {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": weight_decay},
+    ]
+
+
+def run_open_clip(spec: dict, model_cfg: dict, batches: list[tuple]) -> dict:
+    from open_clip.loss import ClipLoss
+    from open_clip.model import CLIP
+
+    device = torch.device(spec["device"])
+    model = CLIP(**openclip_config(model_cfg), output_dict=True)
+    model.load_state_dict(load_reference_state(spec["state_path"]))
+    model.to(device).train()
+    if model_cfg["image_tower"].get("grad_checkpointing"):
+        model.set_grad_checkpointing(True)
+    optim = compose_group("optim", spec.get("optim", "adamw"))
+    optimizer = torch.optim.AdamW(
+        openclip_param_groups(model, optim["weight_decay"]),
+        lr=optim["lr"],
+        betas=tuple(optim["betas"]),
+        eps=optim["eps"],
+    )
+    loss_fn = ClipLoss()
+    bf16 = spec["precision"] == "bf16"
+    clock = StepClock(spec["warmup"], spec["warmup"] + spec["steps"], spec["device"])
+    loader = torch.utils.data.DataLoader(InMemoryBatches(batches, clock.total), batch_size=None)
+    clock.begin()
+    for i, (images, tokens) in enumerate(loader):
+        clock.before_step(i)
+        images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(images, tokens)
+            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        clock.after_step(i, loss)
+    return clock.result(spec["batch"])
+
+
+def worker(spec: dict) -> dict:
+    torch.set_num_threads(spec["threads"])
+    model_cfg = model_config(spec["model"], spec.get("grad_checkpointing", False))
+    batches = make_batches(model_cfg, spec["batch"], spec.get("distinct_batches", 2), seed=spec["seed"])
+    run = run_cliplab if spec["side"] == "cliplab" else run_open_clip
+    result = run(spec, model_cfg, batches)
+    result.update(side=spec["side"], threads=torch.get_num_threads(), torch=torch.__version__)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- cases
+def cases(device: str, threads: int, quick: bool, state_dir: str, levers: bool = False) -> list:
+    """The table rows of this benchmark (reference weights are written into `state_dir`)."""
+    from bench.harness import Case
+
+    if device.startswith("cuda"):
+        grid = [("vit_b32", 256, "bf16", 3, 20), ("vit_b16", 128, "bf16", 3, 20)]
+    elif quick:
+        grid = [("tiny", 128, "fp32", 1, 3)]
+    else:
+        grid = [
+            ("tiny", 128, "fp32", 2, 8),
+            ("tiny", 128, "bf16", 2, 8),
+            ("vit_b32", 32, "fp32", 1, 3),
+            ("vit_b32", 32, "bf16", 1, 3),
+        ]
+    variants = [("", {})]
+    if levers:
+        variants += [
+            (" +fused AdamW", {"optim_overrides": {"fused": True}}),
+            (" +foreach AdamW", {"optim_overrides": {"foreach": True}}),
+            (" +compile", {"compile": True}),
+        ]
+    out, flops, states = [], {}, {}
+    for name, batch, precision, warmup, steps in grid:
+        model_cfg = model_config(name)
+        if name not in states:
+            states[name] = write_reference_state(model_cfg, os.path.join(state_dir, f"{name}.safetensors"))
+            flops[name] = train_flops_per_sample(model_cfg)
+        for suffix, extra in variants:
+            spec = dict(
+                model=name,
+                batch=batch,
+                precision=precision,
+                warmup=warmup + (2 if extra.get("compile") else 0),
+                steps=steps,
+                device=device,
+                threads=threads,
+                seed=0,
+                state_path=states[name],
+                **extra,
+            )
+            out.append(
+                Case(
+                    name=f"train step {name} b{batch} {precision}{suffix}",
+                    module="bench.bench_train_step",
+                    spec=spec,
+                    flops_per_sample=flops[name],
+                    peak_key=precision,
+                    gate_rtol=1e-4 if precision == "fp32" else 2e-2,
+                )
+            )
+    return out
+
+
+def main() -> int | None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    from bench.__main__ import main as bench_main
+
+    return bench_main(["train_step", *rest])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The benchmark harness's logic on fake timings: medians, ratios, gates, interleaving, MFU, reports.
+No timing is asserted here (speed is never a test)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from bench import harness
+from bench.__main__ import parse, resolve_device
+from bench.harness import SIDES, Case
+
+
+def fake_runner(values: dict[str, list[float]], first_loss: dict[str, float] | None = None, calls=None):
+    """A runner replaying canned results per side, recording the call order."""
+    counters = {side: 0 for side in SIDES}
+    first_loss = first_loss or {side: 2.0 for side in SIDES}
+
+    def run(module: str, spec: dict) -> dict:
+        side = spec["side"]
+        if calls is not None:
+            calls.append(side)
+        i = counters[side]
+        counters[side] += 1
+        return {"samples_per_s": values[side][i], "first_loss": first_loss[side], "warmup_s": 1.0 + i}
+
+    return run
+
+
+def case(**kw) -> Case:
+    return Case(name="fake", module="unused", spec={}, flops_per_sample=1e9, peak_key="fp32", **kw)
+
+
+def test_median_ignores_missing_and_nan():
+    assert harness.median([3.0, 1.0, 2.0]) == 2.0
+    assert harness.median([4.0, None, 1.0, float("nan"), 2.0]) == 2.0
+    assert harness.median([]) is None
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "higher", "expected"),
+    [(120.0, 100.0, True, 1.2), (100.0, 125.0, False, 1.25), (None, 1.0, True, None), (1.0, 0.0, True, None)],
+)
+def test_ratio_is_cliplab_advantage_in_either_direction(ours, theirs, higher, expected):
+    got = harness.ratio(ours, theirs, higher)
+    assert got == pytest.approx(expected) if expected is not None else got is None
+
+
+def test_mfu_is_model_flops_over_peak():
+    assert harness.mfu(2e9, 50.0, 200e9) == pytest.approx(0.5)
+    assert harness.mfu(None, 50.0, 1e9) is None
+    assert harness.mfu(1e9, 50.0, None) is None
+
+
+def test_gate_relative_tolerance():
+    assert harness.check_gate(4.0, 4.0 + 3e-5, 1e-6)[0] is False
+    assert harness.check_gate(4.0, 4.0 + 3e-5, 1e-5)[0] is True
+    assert harness.check_gate(float("nan"), 4.0, 1.0)[0] is False
+    assert harness.check_gate(None, 4.0, 1.0)[0] is False
+
+
+def test_runs_interleave_and_alternate_who_goes_first():
+    calls = []
+    runner = fake_runner({s: [1.0] * 4 for s in SIDES}, calls=calls)
+    harness.run_case(case(), reps=4, runner=runner, log=lambda m: None)
+    assert calls == ["cliplab", "open_clip", "open_clip", "cliplab"] * 2
+
+
+def test_summary_takes_medians_ratio_and_mfu_with_one_flop_count():
+    runner = fake_runner(
+        {"cliplab": [10.0, 30.0, 20.0, 25.0, 12.0], "open_clip": [9.0, 10.0, 50.0, 8.0, 11.0]}
+    )
+    c = case()
+    results = harness.run_case(c, reps=5, runner=runner, log=lambda m: None)
+    row = harness.summarize(c, results, peaks={"fp32": 100e9})
+    assert row.gate_ok and row.runs == 5
+    assert row.median == {"cliplab": 20.0, "open_clip": 10.0}
+    assert row.ratio == pytest.approx(2.0)
+    assert row.spread["open_clip"] == (8.0, 50.0)
+    # Same FLOPs per sample on both sides: the MFU ratio equals the throughput ratio.
+    assert row.mfu["cliplab"] == pytest.approx(20 * 1e9 / 100e9)
+    assert row.mfu["cliplab"] / row.mfu["open_clip"] == pytest.approx(row.ratio)
+    assert row.warmup_s["cliplab"] == pytest.approx(3.0)
+
+
+def test_failing_gate_stops_after_first_pair_and_reports_no_timing():
+    calls = []
+    runner = fake_runner(
+        {s: [1.0] * 5 for s in SIDES}, first_loss={"cliplab": 2.0, "open_clip": 2.5}, calls=calls
+    )
+    c = case()
+    results = harness.run_case(c, reps=5, runner=runner, log=lambda m: None)
+    assert len(calls) == 2
+    row = harness.summarize(c, results, peaks={"fp32": 1e9})
+    assert not row.gate_ok and "rel diff" in row.gate_message
+    assert row.ratio is None and row.median == {"cliplab": None, "open_clip": None}
+
+
+def test_worker_error_fails_the_gate_without_crashing():
+    def runner(module, spec):
+        if spec["side"] == "cliplab":
+            raise RuntimeError("worker died\nCUDA out of memory")
+        return {"samples_per_s": 1.0, "first_loss": 1.0}
+
+    c = case()
+    results = harness.run_case(c, reps=3, runner=runner, log=lambda m: None)
+    row = harness.summarize(c, results, peaks={})
+    assert not row.gate_ok and "out of memory" in row.gate_message
+
+
+def test_lower_is_better_metric_memory():
+    runner = fake_runner({"cliplab": [100.0] * 3, "open_clip": [150.0] * 3})
+    c = Case(name="mem", module="unused", spec={}, higher_is_better=False, unit="bytes")
+    row = harness.summarize(c, harness.run_case(c, 3, runner, log=lambda m: None), peaks={})
+    assert row.ratio == pytest.approx(1.5)
+    assert row.mfu == {"cliplab": None, "open_clip": None}
+
+
+def test_reports_written_as_markdown_and_json(tmp_path):
+    runner = fake_runner({"cliplab": [11.0] * 5, "open_clip": [10.0] * 5})
+    c = case()
+    row = harness.summarize(c, harness.run_case(c, 5, runner, log=lambda m: None), peaks={"fp32": 50e9})
+    info = harness.machine_info("cpu", 2)
+    md, js = harness.write_results([row], info, {"fp32": 50e9}, {"fake": {}}, {"x.py": "table"}, tmp_path)
+    text = md.read_text()
+    assert "| fake | samples/s | 11.0 | 10.0 | 1.10x | 22% | 20% |" in text
+    assert "50.0 GFLOP/s" in text and "## x.py" in text
+    payload = json.loads(js.read_text())
+    assert payload["rows"][0]["ratio"] == pytest.approx(1.1)
+    assert (tmp_path / "latest.md").exists() and (tmp_path / "latest.json").exists()
+
+
+def test_matmul_peak_is_positive_flops():
+    peak = harness.matmul_peak(torch.float32, "cpu", n=64, reps=2)
+    assert math.isfinite(peak) and peak > 0
+
+
+def test_flop_counter_counts_linear_layers_forward_and_backward():
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(8, 4, bias=False)
+            self.b = torch.nn.Linear(8, 4, bias=False)
+
+        def forward(self, images, tokens):
+            return {"image_features": self.a(images), "text_features": self.b(tokens)}
+
+    with torch.device("meta"):
+        toy, x = Toy(), torch.empty(3, 8)
+        flops = harness.count_train_flops(toy, x, x)
+    # forward 2*B*in*out per layer; backward: weight grad only (inputs need no grad) = same again
+    assert flops == 2 * (2 * 3 * 8 * 4) * 2
+
+
+def test_cli_selection_and_cuda_skip(monkeypatch):
+    assert parse(["train_step", "--quick"]).names == ["train_step"]
+    with pytest.raises(SystemExit):
+        parse(["no_such_bench"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    assert resolve_device("cuda") is None
