@@ -5,6 +5,7 @@ each validation batch) and recall is computed over the gallery of all ranks by `
 """
 
 import pytorch_lightning as pl
+import torch
 
 from cliplab.eval.run import RetrievalAccumulator
 
@@ -16,6 +17,20 @@ class RetrievalCallback(pl.Callback):
         super().__init__()
         self.name, self.every_n_epochs, self.dataloader_idx = name, every_n_epochs, dataloader_idx
         self.accumulator = RetrievalAccumulator(ks)
+        self.gallery_sizes: tuple[int, int] | None = (
+            None  # (images, captions) over all ranks, last evaluation
+        )
+
+    def chance_levels(self) -> dict[str, float]:
+        """Recall@k of a random ranking: k / captions (image to text), k / images (text to image)."""
+        if self.gallery_sizes is None:
+            return {}
+        images, captions = self.gallery_sizes
+        levels = {}
+        for k in self.accumulator.ks:
+            levels[f"retrieval/{self.name}/image_to_text_R@{k}"] = min(1.0, k / captions)
+            levels[f"retrieval/{self.name}/text_to_image_R@{k}"] = min(1.0, k / images)
+        return levels
 
     def _active(self, trainer) -> bool:
         if trainer.sanity_checking:
@@ -34,6 +49,8 @@ class RetrievalCallback(pl.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not self._active(trainer) or not self.accumulator.image_feats:
             return
+        local = torch.tensor([self.accumulator.n_images, sum(len(t) for t in self.accumulator.text_feats)])
+        self.gallery_sizes = tuple(int(n) for n in trainer.strategy.reduce(local, reduce_op="sum"))
         metrics = self.accumulator.compute()  # equal on every rank (galleries gathered)
         for key, value in metrics.items():
             pl_module.log(f"retrieval/{self.name}/{key}", value, rank_zero_only=False, sync_dist=False)

@@ -82,6 +82,15 @@ class ZeroShotCallback(pl.Callback):
             results[name] = metrics
         return results
 
+    def chance_levels(self) -> dict[str, float]:
+        """What guessing scores on each logged metric: k / classes for top-k, 1 / classes for mean recall."""
+        levels = {}
+        for name, benchmark in self.benchmarks.items():
+            classes = len(benchmark.classnames)
+            levels[f"zeroshot/{name}/top1"] = levels[f"zeroshot/{name}/mean_recall"] = 1 / classes
+            levels[f"zeroshot/{name}/top5"] = min(1.0, 5 / classes)
+        return levels
+
     def _due_this_epoch(self, trainer) -> bool:
         return bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0
 

@@ -177,12 +177,18 @@ def load_model(cfg) -> tuple[nn.Module, object, int, str]:
         module = CLIPModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=False)
         return module.model, module.tokenizer, int(module.hparams.model["image_size"]), str(cfg.ckpt_path)
     if cfg.get("open_clip_ckpt"):
-        try:
-            from cliplab.models.interop import load_open_clip  # another area's; may not exist yet
-        except ImportError as err:
-            raise ConfigError("open_clip_ckpt needs cliplab.models.interop.load_open_clip") from err
-        model, tokenizer, image_size = load_open_clip(cfg.open_clip_ckpt, cfg.get("open_clip_model"))
-        return model, tokenizer, int(image_size), str(cfg.open_clip_ckpt)
+        from hydra.utils import instantiate
+
+        from cliplab.models.interop import load_openclip_checkpoint
+
+        if not cfg.get("model"):
+            raise ConfigError("open_clip_ckpt needs its architecture: add model=<name>, e.g. model=vit_b32")
+        model = instantiate(cfg.model, _convert_="object")
+        load_openclip_checkpoint(
+            model, cfg.open_clip_ckpt, allow_unsafe_pickle=cfg.get("allow_unsafe_pickle", False)
+        )
+        tokenizer = instantiate(cfg.model.text_tower.tokenizer)
+        return model, tokenizer, int(cfg.model.image_size), str(cfg.open_clip_ckpt)
     raise ConfigError("nothing to evaluate: give ckpt_path=<lightning .ckpt> or open_clip_ckpt=<file>")
 
 

@@ -27,6 +27,9 @@ def resize_text_pos_embed(pos_embed: torch.Tensor, length: int) -> torch.Tensor:
 class CLIPTextTower(nn.Module):
     """`forward(tokens [B, L]) -> [B, embed_dim]` (not normalised), with L <= context_length."""
 
+    # Causal attention pooled at end-of-text: padding after the longest EOT can be trimmed exactly.
+    causal = True
+
     def __init__(
         self,
         embed_dim: int,
