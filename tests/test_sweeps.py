@@ -274,3 +274,11 @@ def test_tiny_sweep_end_to_end(tmp_path):
     report = write_report(sweep)
     assert report.fit is not None and report.fit.n == 2
     assert (report.out_dir / "loss.png").is_file()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "conf" / "experiment").glob("*.yaml")), ids=lambda p: p.stem)
+def test_experiment_recipes_compose_and_document_themselves(path, cfg_factory):
+    header = path.read_text()
+    assert "Command:" in header and "Hardware:" in header and "Expected:" in header
+    cfg = cfg_factory([f"experiment={path.stem}"])
+    assert cfg.task_name == path.stem
