@@ -2,8 +2,6 @@
 concatenated batch, for every gathered loss."""
 
 import math
-import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -62,9 +60,9 @@ def _loss_and_grads(model, loss_fn, images, texts):
     return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-def _worker(rank: int, port: int, result_path: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+def _worker(rank: int, rendezvous_file: str, result_path: str) -> None:
+    # file rendezvous: no TCP port to race for with other test runs on the same machine
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous_file}", rank=rank, world_size=WORLD_SIZE)
     torch.set_num_threads(1)
     images, texts = _batch()
     rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
@@ -80,15 +78,9 @@ def _worker(rank: int, port: int, result_path: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_losses_equal_single_process(tmp_path):
     result_path = str(tmp_path / "results.pt")
-    mp.spawn(_worker, args=(_free_port(), result_path), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), result_path), nprocs=WORLD_SIZE, join=True)
     results = torch.load(result_path)
     images, texts = _batch()
     for name, (make_loss, with_bias) in LOSSES.items():
