@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from cliplab.utils.errors import ConfigError
 
-CONTRASTIVE_LOSSES = ("ClipLoss", "SigLipLoss", "ChunkedClipLoss")
+CONTRASTIVE_LOSSES = ("ClipLoss", "SigLipLoss", "ChunkedClipLoss", "FeatureCacheLoss")
 
 
 def _choice(cfg: DictConfig, group: str, default: str) -> str:

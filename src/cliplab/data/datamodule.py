@@ -31,14 +31,20 @@ def as_source(spec, shuffle: bool):
 
 
 class EpochDataLoader(DataLoader):
-    """Tells an iterable dataset which epoch starts, before the workers take their copy of it."""
+    """Tells an iterable dataset which epoch starts, before the workers take their copy of it.
 
-    _epochs_started = 0
+    Epochs count from `first_epoch`, which a resumed run restores (CLIPDataModule.load_state_dict), so
+    epoch k of a resumed run streams what epoch k of an uninterrupted run streams.
+    """
+
+    def __init__(self, *args, first_epoch: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.next_epoch = first_epoch
 
     def __iter__(self):
         if hasattr(self.dataset, "set_epoch") and isinstance(self.dataset, IterableDataset):
-            self.dataset.set_epoch(self._epochs_started)
-            self._epochs_started += 1
+            self.dataset.set_epoch(self.next_epoch)
+            self.next_epoch += 1
         return super().__iter__()
 
 
@@ -79,6 +85,7 @@ class CLIPDataModule(pl.LightningDataModule):
         self.train_dataset = None
         self.val_dataset = None
         self.per_device_batch_size = None
+        self.first_epoch = 0  # restored from a checkpoint when resuming
 
     # ---- setup -------------------------------------------------------------------------------------
     def _rank_and_world(self) -> tuple[int, int]:
@@ -133,7 +140,18 @@ class CLIPDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
+            first_epoch=self.first_epoch if train else 0,
         )
+
+    # ---- resuming ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the number of training epochs already streamed."""
+        trainer = getattr(self, "trainer", None)
+        done = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
+        return {"epochs_streamed": int(done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first_epoch = int(state.get("epochs_streamed", 0))
 
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:

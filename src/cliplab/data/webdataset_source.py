@@ -15,6 +15,7 @@ rank, the world size and the per-device batch, which gives a `ShardStream` (an I
 import logging
 import random
 
+import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from cliplab.data import faults as F
@@ -151,14 +152,20 @@ class ShardStream(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+        self._local_iterations = 0  # a fresh copy per epoch counts from here
 
     # ------------------------------------------------------------------------------------------------
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        iteration = self._local_iterations
+        # Persistent workers keep the copy made at their first epoch: they count epochs themselves.
+        epoch = self.epoch + self._local_iterations
         self._local_iterations += 1
-        epoch_seed = (self.seed, self.epoch, iteration)
+        epoch_seed = (self.seed, epoch)
+        if (
+            info is not None
+        ):  # augmentation draws from the worker's torch RNG: make it a function of the epoch
+            torch.manual_seed(hash((*epoch_seed, self.rank, worker)) % 2**63)
         quota = None
         if self.samples_per_epoch is not None:
             batches = self.batches_per_epoch()

@@ -7,6 +7,8 @@ import torch
 from hydra.utils import instantiate
 
 from cliplab.lit.param_groups import param_groups
+from cliplab.losses.feature_cache import FeatureCacheLoss
+from cliplab.losses.grad_cache import grad_cache_backward
 from cliplab.models.clip import MAX_LOGIT_SCALE
 
 
@@ -34,6 +36,8 @@ class CLIPModule(pl.LightningModule):
         tokenizer_cfg = model["text_tower"].get("tokenizer")
         self.tokenizer = instantiate(tokenizer_cfg) if tokenizer_cfg else None
         self.samples_seen = 0
+        # Feature-cache accumulation runs its own forward/backward passes: manual optimization.
+        self.automatic_optimization = not isinstance(self.loss_fn, FeatureCacheLoss)
 
     def configure_model(self) -> None:
         if self.model is not None:  # idempotent: called by fit, by load_from_checkpoint and by strategies
@@ -74,8 +78,30 @@ class CLIPModule(pl.LightningModule):
         )
         return loss, out
 
+    def _feature_cache_step(self, batch) -> tuple[torch.Tensor, dict]:
+        """One optimizer step of GradCache: chunked towers, whole-batch loss, gradients averaged over ranks."""
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        images, tokens = batch
+        loss = grad_cache_backward(self.model, images, tokens, self.loss_fn.loss, self.loss_fn.chunk_size)
+        if self.trainer.world_size > 1:  # the towers ran outside DDP's forward: reduce like DDP would
+            for param in self.model.parameters():
+                if param.grad is not None:
+                    torch.distributed.all_reduce(param.grad, op=torch.distributed.ReduceOp.AVG)
+        self.clip_gradients(optimizer, self.trainer.gradient_clip_val, self.trainer.gradient_clip_algorithm)
+        logit_scale = self.model.logit_scale.detach().clamp(0, MAX_LOGIT_SCALE).exp()  # as used by this step
+        optimizer.step()
+        self._clamp_logit_scale()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        return loss, {"logit_scale": logit_scale}
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss, out = self._step_loss(batch)
+        if self.automatic_optimization:
+            loss, out = self._step_loss(batch)
+        else:
+            loss, out = self._feature_cache_step(batch)
         self.samples_seen += batch[0].shape[0] * self.trainer.world_size
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/logit_scale", out["logit_scale"].detach())
@@ -88,6 +114,9 @@ class CLIPModule(pl.LightningModule):
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
+        self._clamp_logit_scale()
+
+    def _clamp_logit_scale(self) -> None:
         # The one place the temperature is clamped: at most 100, as in the CLIP paper.
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
