@@ -28,11 +28,15 @@ class ClipLoss(nn.Module):
         logit_scale: torch.Tensor,
         logit_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        rank, _ = rank_and_world_size()
-        all_image = all_gather_with_grad(image_features)
-        all_text = all_gather_with_grad(text_features)
-        local = image_features.shape[0]
-        targets = torch.arange(local, device=image_features.device) + rank * local
-        logits_per_image = logit_scale * image_features @ all_text.T
-        logits_per_text = logit_scale * text_features @ all_image.T
-        return 0.5 * (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets))
+        # Logits in fp32 even under bf16 autocast: early in training cosine similarities differ in the
+        # third decimal, below bf16's resolution, and a bf16 loss stays flat at ln(batch).
+        with torch.autocast(image_features.device.type, enabled=False):
+            image_features, text_features = image_features.float(), text_features.float()
+            rank, _ = rank_and_world_size()
+            all_image = all_gather_with_grad(image_features)
+            all_text = all_gather_with_grad(text_features)
+            local = image_features.shape[0]
+            targets = torch.arange(local, device=image_features.device) + rank * local
+            logits_per_image = logit_scale * image_features @ all_text.T
+            logits_per_text = logit_scale * text_features @ all_image.T
+            return 0.5 * (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets))

@@ -29,12 +29,14 @@ class SigLipLoss(nn.Module):
     ) -> torch.Tensor:
         if logit_bias is None:
             raise ValueError("SigLipLoss needs a logit_bias: build the model with init_logit_bias (e.g. -10)")
-        rank, _ = rank_and_world_size()
-        all_text = all_gather_with_grad(text_features)
-        local = image_features.shape[0]
-        logits = logit_scale * image_features @ all_text.T + logit_bias
-        # +1 on this rank's diagonal block, -1 elsewhere: logsigmoid(-x) for all, fixed up on matches
-        signs = torch.full_like(logits, -1.0)
-        columns = torch.arange(local, device=logits.device) + rank * local
-        signs[torch.arange(local, device=logits.device), columns] = 1.0
-        return -F.logsigmoid(signs * logits).sum() / local
+        with torch.autocast(image_features.device.type, enabled=False):  # fp32 logits, as in ClipLoss
+            image_features, text_features = image_features.float(), text_features.float()
+            rank, _ = rank_and_world_size()
+            all_text = all_gather_with_grad(text_features)
+            local = image_features.shape[0]
+            logits = logit_scale * image_features @ all_text.T + logit_bias
+            # +1 on this rank's diagonal block, -1 elsewhere: logsigmoid(-x) for all, fixed up on matches
+            signs = torch.full_like(logits, -1.0)
+            columns = torch.arange(local, device=logits.device) + rank * local
+            signs[torch.arange(local, device=logits.device), columns] = 1.0
+            return -F.logsigmoid(signs * logits).sum() / local
