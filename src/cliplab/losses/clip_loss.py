@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cliplab.losses.gather import all_gather_with_grad, rank_and_world_size
+from cliplab.losses.gather import all_gather_with_grad, at_least_fp32, rank_and_world_size
 
 
 class ClipLoss(nn.Module):
@@ -31,7 +31,7 @@ class ClipLoss(nn.Module):
         # Logits in fp32 even under bf16 autocast: early in training cosine similarities differ in the
         # third decimal, below bf16's resolution, and a bf16 loss stays flat at ln(batch).
         with torch.autocast(image_features.device.type, enabled=False):
-            image_features, text_features = image_features.float(), text_features.float()
+            image_features, text_features = at_least_fp32(image_features), at_least_fp32(text_features)
             rank, _ = rank_and_world_size()
             all_image = all_gather_with_grad(image_features)
             all_text = all_gather_with_grad(text_features)
@@ -39,4 +39,6 @@ class ClipLoss(nn.Module):
             targets = torch.arange(local, device=image_features.device) + rank * local
             logits_per_image = logit_scale * image_features @ all_text.T
             logits_per_text = logit_scale * text_features @ all_image.T
-            return 0.5 * (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets))
+            return 0.5 * (
+                F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)
+            )

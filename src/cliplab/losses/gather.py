@@ -11,6 +11,11 @@ import torch
 import torch.distributed as dist
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision tensors up to fp32; fp32 and fp64 unchanged (tests compare in fp64)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def is_distributed() -> bool:
     """True when a loss must gather across ranks (initialised group with more than one process)."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cliplab.losses.gather import all_gather_with_grad, rank_and_world_size
+from cliplab.losses.gather import all_gather_with_grad, at_least_fp32, rank_and_world_size
 
 
 class SigLipLoss(nn.Module):
@@ -30,7 +30,7 @@ class SigLipLoss(nn.Module):
         if logit_bias is None:
             raise ValueError("SigLipLoss needs a logit_bias: build the model with init_logit_bias (e.g. -10)")
         with torch.autocast(image_features.device.type, enabled=False):  # fp32 logits, as in ClipLoss
-            image_features, text_features = image_features.float(), text_features.float()
+            image_features, text_features = at_least_fp32(image_features), at_least_fp32(text_features)
             rank, _ = rank_and_world_size()
             all_text = all_gather_with_grad(text_features)
             local = image_features.shape[0]

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cliplab.losses.gather import at_least_fp32
+
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
@@ -45,11 +47,11 @@ class CLIP(nn.Module):
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         features = self.visual(images)
         # normalised in fp32: under bf16 autocast, nearly parallel features would round together
-        return F.normalize(features.float(), dim=-1) if normalize else features
+        return F.normalize(at_least_fp32(features), dim=-1) if normalize else features
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         features = self.text(tokens)
-        return F.normalize(features.float(), dim=-1) if normalize else features
+        return F.normalize(at_least_fp32(features), dim=-1) if normalize else features
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict:
         return {
