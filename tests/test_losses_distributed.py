@@ -75,6 +75,8 @@ def _worker(rank: int, rendezvous_file: str, result_path: str) -> None:
         results[name] = (loss / WORLD_SIZE, grads)
     if rank == 0:
         torch.save(results, result_path)
+    # leave together: a rank that exits while the other still uses the group makes gloo abort it
+    dist.barrier()
     dist.destroy_process_group()
 
 
