@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from cliplab.data.shard_lists import NoShardsError
 from cliplab.lit.module import CLIPModule
 from cliplab.sweeps.jobs import start_job
-from cliplab.utils.errors import ConfigError, DataError
+from cliplab.utils.errors import CliplabError, ConfigError, DataError
 from cliplab.utils.results import final_results, write_results
 from cliplab.utils.wandb_mode import ensure_wandb_mode, finish_wandb
 from cliplab.validate import validate
@@ -61,6 +61,25 @@ def build_module(cfg: DictConfig) -> CLIPModule:
     )
 
 
+def load_pretrained(module: CLIPModule, cfg: DictConfig) -> None:
+    """`pretrained=FILE`: start from OpenAI / open_clip / cliplab weights (not when resuming a run)."""
+    if not cfg.get("pretrained") or cfg.get("ckpt_path"):
+        return
+    from cliplab.models.interop import load_openclip_checkpoint
+
+    if not Path(cfg.pretrained).is_file():
+        raise ConfigError(f"pretrained={cfg.pretrained} is not a file")
+    module.configure_model()
+    unsafe = cfg.get("allow_unsafe_pickle", False)
+    try:
+        load_openclip_checkpoint(module.model, cfg.pretrained, allow_unsafe_pickle=unsafe)
+    except CliplabError:
+        raise
+    except (ValueError, KeyError, RuntimeError) as err:  # layout conversion failures: one line
+        message = " ".join(str(err).split())
+        raise ConfigError(f"pretrained={cfg.pretrained} does not fit this model: {message}") from None
+
+
 def build_callbacks(cfg: DictConfig) -> list:
     callbacks = instantiate_group(cfg.get("callbacks"))
     if cfg.get("zeroshot"):
@@ -93,6 +112,7 @@ def train(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     ensure_wandb_mode()
     module = build_module(cfg)
+    load_pretrained(module, cfg)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False)
 

@@ -33,14 +33,20 @@ def prepare(image_size: int = 64, force: bool = False, samples_per_shard: int = 
         shard_dir = root / "shards" / split
         if force or not shards_ready(shard_dir):
             write_shards_from_table(
-                root / f"{split}.csv", shard_dir, image_root=root, samples_per_shard=samples_per_shard, prefix=split
+                root / f"{split}.csv",
+                shard_dir,
+                image_root=root,
+                samples_per_shard=samples_per_shard,
+                prefix=split,
             )
         print(f"{split}: {shard_dir}")
     return root
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache is complete")
     args = parser.parse_args()

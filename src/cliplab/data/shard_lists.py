@@ -61,7 +61,9 @@ def expand_shards(spec, setting: str = "urls") -> list[str]:
     if missing:
         missing_set = set(missing)
         if len(missing_set) < len(urls):  # when none exist, the error below says it all
-            log.warning("%d of %d shards of %r do not exist, e.g. %s", len(missing), len(urls), spec, missing[0])
+            log.warning(
+                "%d of %d shards of %r do not exist, e.g. %s", len(missing), len(urls), spec, missing[0]
+            )
         urls = [u for u in urls if u not in missing_set]
     if not urls:
         raise NoShardsError(

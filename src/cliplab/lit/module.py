@@ -36,23 +36,27 @@ class CLIPModule(pl.LightningModule):
         tokenizer_cfg = model["text_tower"].get("tokenizer")
         self.tokenizer = instantiate(tokenizer_cfg) if tokenizer_cfg else None
         self.samples_seen = 0
+        self._sharded = self._compiled = False
         # Feature-cache accumulation runs its own forward/backward passes: manual optimization.
         self.automatic_optimization = not isinstance(self.loss_fn, FeatureCacheLoss)
 
     def configure_model(self) -> None:
-        if self.model is not None:  # idempotent: called by fit, by load_from_checkpoint and by strategies
-            return
-        self.model = instantiate(self.hparams.model, _convert_="object")
-        if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2, one shard unit per tower block
+        # Idempotent: called by fit, by load_from_checkpoint, by sharded strategies, and by the pipeline
+        # when it loads pretrained weights before fitting.
+        if self.model is None:
+            self.model = instantiate(self.hparams.model, _convert_="object")
+        if self.device_mesh is not None and not self._sharded:  # ModelParallelStrategy: FSDP2 per block
             from cliplab.lit.sharding import shard_model
 
             # cliplab.lit.sharding.FSDP2Strategy carries the FSDP2 options (mixed precision, resharding).
             options = getattr(getattr(self._trainer, "strategy", None), "fsdp_kwargs", {})
             shard_model(self.model, self.device_mesh, **options)
-        if self.hparams.compile:
+            self._sharded = True
+        if self.hparams.compile and not self._compiled:
             # Compile the towers, not the CLIP module, so state-dict keys keep no `_orig_mod.` prefix.
             for tower in (self.model.visual, self.model.text):
                 tower.compile()
+            self._compiled = True
 
     def on_fit_start(self) -> None:
         # Counted once on the meta device; the throughput callback turns it into FLOP/s and MFU.

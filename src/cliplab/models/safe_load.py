@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cliplab.utils.errors import CliplabError
+
 log = logging.getLogger(__name__)
 
 # Prefixes that wrappers add in front of every key: DDP, torch.compile, the Lightning module's `model`.
@@ -22,11 +24,11 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 
 
-class UnsafeCheckpointError(RuntimeError):
+class UnsafeCheckpointError(CliplabError, RuntimeError):
     """The file needs full unpickling (it could run code); refused without `allow_unsafe_pickle=True`."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CliplabError, ValueError):
     """The checkpoint's keys or shapes do not fit the model."""
 
 
