@@ -9,6 +9,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import cliplab  # noqa: F401  (registers the `cliplab.cwd` config resolver)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 

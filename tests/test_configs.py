@@ -100,3 +100,18 @@ def test_unknown_model_lists_choices():
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "vit_b32" in result.stderr and "tiny" in result.stderr
+
+
+def test_multirun_without_experiment_resolves_its_sweep_dir(tmp_path):
+    """The sweeper resolves hydra.sweep.dir before any job exists: paths must not need `${hydra:...}`."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "src" / "train.py"), "-m", "debug=fast", "logger=csv", "seed=1,2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**__import__("os").environ, "WANDB_MODE": "offline", "CLIPLAB_ROOT": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = sorted(p.name for p in (tmp_path / "logs" / "train" / "multiruns").glob("*/*") if p.is_dir())
+    assert jobs == ["seed=1", "seed=2"]

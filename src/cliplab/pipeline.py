@@ -23,8 +23,11 @@ def instantiate_group(group: DictConfig | None) -> list:
     """Every `_target_` entry of a group such as `callbacks` or `logger` (entries may be null)."""
     if not group:
         return []
+    # plain containers, not DictConfigs, reach the objects (W&B cannot serialise a DictConfig `config`)
     return [
-        instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node
+        instantiate(node, _convert_="all")
+        for node in group.values()
+        if isinstance(node, DictConfig) and "_target_" in node
     ]
 
 
