@@ -114,4 +114,4 @@ def test_multirun_without_experiment_resolves_its_sweep_dir(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = sorted(p.name for p in (tmp_path / "logs" / "train" / "multiruns").glob("*/*") if p.is_dir())
-    assert jobs == ["seed=1", "seed=2"]
+    assert jobs == ["debug=fast,seed=1", "debug=fast,seed=2"]  # named from their overrides
