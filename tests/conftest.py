@@ -43,3 +43,11 @@ def cfg_factory(tmp_path):
         return compose_config(overrides, config_name, output_dir=tmp_path)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def emoji_ready():
+    """The default emoji data set, built into the cache once (about a minute on a fresh machine)."""
+    from cliplab.data.prepare import prepare
+
+    return prepare()

@@ -102,7 +102,7 @@ def test_unknown_model_lists_choices():
     assert "vit_b32" in result.stderr and "tiny" in result.stderr
 
 
-def test_multirun_without_experiment_resolves_its_sweep_dir(tmp_path):
+def test_multirun_without_experiment_resolves_its_sweep_dir(tmp_path, emoji_ready):
     """The sweeper resolves hydra.sweep.dir before any job exists: paths must not need `${hydra:...}`."""
     result = subprocess.run(
         [sys.executable, str(ROOT / "src" / "train.py"), "-m", "debug=fast", "logger=csv", "seed=1,2"],

@@ -21,13 +21,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def emoji_ready():
-    from cliplab.data.prepare import prepare
-
-    return prepare()
-
-
 def test_fast_dev_run_writes_config(cfg_factory, emoji_ready, tmp_path):
     cfg = cfg_factory([*TINY, "debug=fast"])
     train(cfg)
