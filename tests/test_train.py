@@ -74,3 +74,32 @@ def test_feature_cache_training_matches_plain_loss(cfg_factory, emoji_ready):
     cached = train(cfg_factory([*common, "loss=clip_gradcache", "loss.chunk_size=4"]))
     assert cached["train/loss"] == pytest.approx(plain["train/loss"], rel=1e-5)
     assert cached["train/logit_scale"] == pytest.approx(plain["train/logit_scale"], rel=1e-6)
+
+
+def test_checkpoint_round_trip_gives_the_same_outputs(cfg_factory, emoji_ready, tmp_path):
+    """Lightning checkpoint -> CLIPModule.load_from_checkpoint (model rebuilt from the stored config)."""
+    import pytorch_lightning as pl
+
+    from cliplab.lit.module import CLIPModule
+    from cliplab.pipeline import build_datamodule, build_module
+
+    cfg = cfg_factory(["data.batch_size=16", "data.num_workers=0"])
+    module = build_module(cfg)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=build_datamodule(cfg, module.tokenizer))
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    loaded = CLIPModule.load_from_checkpoint(tmp_path / "model.ckpt", weights_only=False)
+    images = torch.randn(3, 3, cfg.model.image_size, cfg.model.image_size)
+    tokens = module.tokenizer(["a red umbrella", "grinning face", ""])
+    with torch.no_grad():
+        expected, got = module.eval()(images, tokens), loaded.eval()(images, tokens)
+    for key in ("image_features", "text_features", "logit_scale"):
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
