@@ -11,12 +11,11 @@ so the gate is looser than the train-step one: the first-step losses agree withi
     python -m bench end_to_end [--quick]
 """
 
-import argparse
-import json
 import math
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -198,17 +197,10 @@ def cases(device: str, threads: int, quick: bool, state_dir: str) -> list:
 
 
 def main() -> int | None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args, rest = parser.parse_known_args()
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return
-    from bench.__main__ import main as bench_main
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script too
+    from bench.harness import benchmark_main
 
-    return bench_main(["end_to_end", *rest])
+    return benchmark_main("end_to_end", __doc__, worker)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ the first-step loss must agree before any timing counts.
     python -m bench.bench_train_step --levers         # also cliplab with fused AdamW / compile
 """
 
-import argparse
-import json
 import math
 import os
 import re
@@ -331,17 +329,10 @@ def cases(device: str, threads: int, quick: bool, state_dir: str, levers: bool =
 
 
 def main() -> int | None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args, rest = parser.parse_known_args()
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return
-    from bench.__main__ import main as bench_main
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script too
+    from bench.harness import benchmark_main
 
-    return bench_main(["train_step", *rest])
+    return benchmark_main("train_step", __doc__, worker)
 
 
 if __name__ == "__main__":

@@ -321,3 +321,19 @@ def run_script(path: str, args: list[str], timeout: float = 3600) -> str:
     if proc.returncode != 0:
         return f"FAILED ({proc.returncode}):\n{(proc.stderr or proc.stdout)[-3000:]}"
     return proc.stdout
+
+
+def benchmark_main(name: str, doc: str | None, worker: Callable[[dict], dict]) -> int | None:
+    """Entry point of a `bench/bench_<name>.py` script: `--worker SPEC` runs one measurement process
+    (the harness starts these), anything else runs the benchmark through `python -m bench <name>`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return None
+    from bench.__main__ import main as bench_main
+
+    return bench_main([name, *rest])
