@@ -1,0 +1,133 @@
+"""Runs the evaluation callbacks under 2-process DDP (gloo, CPU); run it under torchrun.
+
+`python -m torch.distributed.run --nproc_per_node 2 tests/_mp_eval_script.py <benchmark_dir> <out_dir>`
+
+A frozen random tiny CLIP (built from `eval_model()`, the same weights in every process and in the test) is
+fitted for one epoch with learning rate 0, so the ZeroShotCallback and RetrievalCallback run on both ranks,
+each on its share of the images. Rank 0 writes `<out_dir>/result.json` with the logged metrics and both
+ranks' numbers of evaluated retrieval images, so the test can compare with a one-process evaluation.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+from cliplab.callbacks.retrieval import RetrievalCallback
+from cliplab.callbacks.zeroshot import ZeroShotCallback
+from cliplab.eval.benchmarks import ImageFolderBenchmark
+
+IMAGE_SIZE, CONTEXT, VOCAB, EMBED = 32, 16, 1000, 32
+RETRIEVAL_PAIRS = 23  # odd, and not a multiple of the batch: the ranks get different numbers of pairs
+TEMPLATES = ["a photo of a {}.", "{}"]
+
+MODEL = {
+    "_target_": "cliplab.models.clip.CLIP",
+    "embed_dim": EMBED,
+    "image_tower": {
+        "_target_": "cliplab.models.image_tower.TimmImageTower",
+        "model_name": "vit_base_patch16_clip_224",
+        "embed_dim": EMBED,
+        "image_size": IMAGE_SIZE,
+        "width": 64,
+        "depth": 2,
+        "num_heads": 2,
+        "pool": "token",
+        "proj": "linear",
+    },
+    "text_tower": {
+        "_target_": "cliplab.models.text_tower.CLIPTextTower",
+        "embed_dim": EMBED,
+        "context_length": CONTEXT,
+        "vocab_size": VOCAB,
+        "width": 64,
+        "heads": 2,
+        "layers": 2,
+    },
+}
+
+
+def eval_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return instantiate(MODEL).eval()
+
+
+def tokenizer(prompts: list[str]) -> torch.Tensor:
+    """Deterministic toy tokenizer: a character hash per position, the largest id (EOT) after the text."""
+    out = torch.zeros(len(prompts), CONTEXT, dtype=torch.long)
+    for row, text in enumerate(prompts):
+        ids = [1 + (ord(c) * 31 + i) % (VOCAB - 2) for i, c in enumerate(text[: CONTEXT - 1])]
+        out[row, : len(ids)] = torch.tensor(ids)
+        out[row, len(ids)] = VOCAB - 1
+    return out
+
+
+def retrieval_pairs() -> TensorDataset:
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(RETRIEVAL_PAIRS, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+    tokens = torch.randint(1, VOCAB - 1, (RETRIEVAL_PAIRS, CONTEXT), generator=g)
+    tokens[:, -1] = VOCAB - 1
+    return TensorDataset(images, tokens)
+
+
+class Frozen(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.model = eval_model()
+        self.tokenizer = tokenizer
+        self.hparams["model"] = {"image_size": IMAGE_SIZE}
+
+    def training_step(self, batch, batch_idx):
+        return sum((p * 0.0).sum() for p in self.model.parameters())
+
+    def validation_step(self, batch, batch_idx):
+        return None
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+class SplitData(pl.LightningDataModule):
+    """Rank r validates on pairs [r * 12, (r + 1) * 12): 12 and 11 pairs, so the gather must handle both."""
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=1)
+
+    def val_dataloader(self):
+        rank = self.trainer.global_rank
+        part = Subset(retrieval_pairs(), range(rank * 12, min((rank + 1) * 12, RETRIEVAL_PAIRS)))
+        return DataLoader(part, batch_size=5)
+
+
+def main() -> None:
+    bench_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
+    torch.set_num_threads(1)
+    benchmark = ImageFolderBenchmark("folder", bench_dir, TEMPLATES)
+    zeroshot = ZeroShotCallback({"folder": benchmark}, batch_size=4)
+    retrieval = RetrievalCallback("val")
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=pl.strategies.DDPStrategy(process_group_backend="gloo"),
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # SplitData gives each rank its own slice
+        callbacks=[zeroshot, retrieval],
+    )
+    trainer.fit(Frozen(), datamodule=SplitData())
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "result.json").write_text(json.dumps({"metrics": metrics, "gallery": retrieval.gallery_sizes}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The evaluation callbacks on two ranks (DDP, gloo, CPU) log exactly what one process computes.
+
+Each rank evaluates its share of the zero-shot images (the counts differ between ranks, and one image is
+unreadable) and of the retrieval pairs (12 and 11); the metrics are summed or gathered across ranks.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cliplab.data.transforms import eval_transform
+from cliplab.eval.benchmarks import ImageFolderBenchmark
+from cliplab.eval.run import evaluate_retrieval, evaluate_zeroshot
+from tests import _mp_eval_script as script
+
+SCRIPT = Path(script.__file__)
+CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
+
+
+def noise_folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        for i in range(
+            3 + label
+        ):  # 3..9 images per class, 42 readable in all, split unevenly with the broken one
+            pixels = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    (root / "cat" / "broken.png").write_bytes(b"not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mp_eval")
+    bench_dir = noise_folder(root / "bench")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*cmd, str(SCRIPT), str(bench_dir), str(root / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return bench_dir, json.loads((root / "out" / "result.json").read_text())
+
+
+def test_zeroshot_callback_on_two_ranks_equals_one_process(two_ranks):
+    bench_dir, result = two_ranks
+    benchmark = ImageFolderBenchmark("folder", bench_dir, script.TEMPLATES)
+    single = evaluate_zeroshot(
+        script.eval_model(), script.tokenizer, benchmark, eval_transform(script.IMAGE_SIZE), batch_size=4
+    )
+    assert single["n_images"] == 42 and single["n_skipped"] == 1
+    assert 0.0 < single["top1"] < 1.0 and single["top5"] < 1.0, (
+        "a random model: the metrics must not be trivially 0 or 1"
+    )
+    for key in ("top1", "top5", "mean_recall"):
+        assert result["metrics"][f"zeroshot/folder/{key}"] == pytest.approx(single[key], abs=1e-6), key
+
+
+def test_retrieval_callback_on_two_ranks_equals_one_process(two_ranks):
+    _, result = two_ranks
+    pairs = script.retrieval_pairs()
+    batches = [pairs[i : i + 5] for i in range(0, len(pairs), 5)]
+    with torch.no_grad():
+        single = evaluate_retrieval(script.eval_model(), batches)
+    assert result["gallery"] == [script.RETRIEVAL_PAIRS, script.RETRIEVAL_PAIRS]
+    assert 0.0 < single["image_to_text_R@5"] < 1.0
+    for key, value in single.items():
+        assert result["metrics"][f"retrieval/val/{key}"] == pytest.approx(value, abs=1e-6), key
