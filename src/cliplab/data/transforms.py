@@ -87,23 +87,39 @@ class ClipImageTransform:
             width, height = img.size
             if width * height > self.max_image_pixels:
                 raise ImageTooLarge(f"{width}x{height} exceeds max_image_pixels={self.max_image_pixels}")
-            if self.draft and img.format == "JPEG":
-                # DCT-domain downscale by 1/2, 1/4 or 1/8 while keeping the short side >= image_size.
-                img.draft("RGB", (self.image_size, self.image_size))
+            # The crop is drawn on the stored size (the header is enough), so that the DCT reduction can
+            # be chosen from the region actually used: a small crop of a large image keeps its detail.
+            crop = self.crop_params(height, width) if self.train else (0, 0, height, width)
+            reduce = self.draft_factor(crop[2], crop[3]) if self.draft and img.format == "JPEG" else 1
+            if reduce > 1:
+                img.draft("RGB", (width // reduce, height // reduce))  # Pillow then picks exactly `reduce`
             img.load()
-        return self.apply_uint8(img)
+        if not self.train:
+            return self.apply_uint8(img)
+        # Crop coordinates in pixels of the (possibly) reduced decode; rounding moves edges < 1 pixel.
+        fy, fx = img.height / height, img.width / width
+        top, left = round(crop[0] * fy), round(crop[1] * fx)
+        bottom = min(img.height, max(top + 1, round((crop[0] + crop[2]) * fy)))
+        right = min(img.width, max(left + 1, round((crop[1] + crop[3]) * fx)))
+        return self.apply_uint8(img, (top, left, bottom - top, right - left))
 
-    def apply_uint8(self, img: Image.Image) -> np.ndarray:
-        """PIL image -> transformed uint8 array [H, W, 3]."""
+    def draft_factor(self, crop_height: int, crop_width: int) -> int:
+        """Largest JPEG DCT reduction (1, 2, 4 or 8) that leaves the crop at least `image_size` on each side
+        (so the final resize never upsamples because of it)."""
+        fit = min(crop_height, crop_width) // self.image_size
+        return next(f for f in (8, 4, 2, 1) if f <= max(fit, 1))
+
+    def apply_uint8(self, img: Image.Image, crop=None) -> np.ndarray:
+        """PIL image -> transformed uint8 array [H, W, 3]; `crop` (top, left, h, w) or a random one."""
         img = flatten_alpha(img)
         if not self.train:
             return np.asarray(self._resize_center_crop(img))
         size = self.image_size
         # HWC pixels seen as a channels-last [1, 3, H, W] batch: the layout torch's fast uint8 kernel wants.
         pixels = torch.from_numpy(np.array(img)).permute(2, 0, 1).unsqueeze(0)
-        top, left, h, w = self.crop_params(img.height, img.width)
-        crop = pixels[:, :, top : top + h, left : left + w]
-        out = F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        top, left, h, w = crop if crop is not None else self.crop_params(img.height, img.width)
+        region = pixels[:, :, top : top + h, left : left + w]
+        out = F.interpolate(region, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
         return out[0].permute(1, 2, 0).numpy()
 
     def crop_params(self, height: int, width: int) -> tuple[int, int, int, int]:
@@ -174,7 +190,7 @@ class ClipImageTransform:
         if not image.flags.writeable:  # torch refuses to wrap read-only arrays without a warning
             image = image.copy()
         out.copy_(torch.from_numpy(image).permute(2, 0, 1))
-        torch.addcmul(shift, out, scale, out=out)
+        out.mul_(scale).add_(shift)  # two in-place passes beat one broadcast addcmul here
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """PIL image -> normalised float tensor [3, H, W] (torchvision-style transform)."""
