@@ -2,9 +2,11 @@
 
 Both pipelines read the same seeded synthetic JPEG shards (short side 256 and 512 px), decode, apply
 the CLIP train augmentation (random resized crop 0.9-1, bicubic, 224 px, CLIP mean/std), tokenize
-(77 tokens) and batch (128). Output semantics are checked before timing. Run:
+(77 tokens) and batch (128). Output semantics are checked before timing. The machine may be shared, so
+each configuration is timed `--repeats` times, the two sides alternating (and swapping which goes first);
+the table gives the median ratio and the range of the per-round ratios. Run:
 
-    python bench/bench_data.py [--samples 1536] [--workers 1 2] [--sizes 256 512]
+    python bench/bench_data.py [--samples 1536] [--workers 1 2] [--sizes 256 512] [--repeats 3]
 """
 
 import argparse
@@ -158,6 +160,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1536)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
@@ -169,15 +172,27 @@ def main() -> None:
                 next(iter(open_clip_loader(pattern, args.samples, 0))),
             )
             for workers in args.workers:
-                theirs = images_per_second(open_clip_loader(pattern, args.samples, workers))
-                ours = images_per_second(cliplab_loader(pattern, args.samples, workers))
+                ours, theirs = [], []
+                for round_ in range(args.repeats):
+                    # Alternate which side runs first, so a load change on the machine hits both alike.
+                    sides = [(theirs, open_clip_loader), (ours, cliplab_loader)]
+                    for results, make in sides[:: 1 if round_ % 2 == 0 else -1]:
+                        results.append(images_per_second(make(pattern, args.samples, workers)))
+                    print(
+                        f"short side {size}, {workers} workers, round {round_ + 1}: "
+                        f"cliplab {ours[-1]:.0f}, open_clip {theirs[-1]:.0f} img/s"
+                    )
                 rows.append((size, workers, ours, theirs))
-                print(
-                    f"short side {size}, {workers} workers: cliplab {ours:.0f}, open_clip {theirs:.0f} img/s"
-                )
-    print("\n| short side | workers | cliplab img/s | open_clip img/s | ratio |\n|---|---|---|---|---|")
+    print(
+        "\n| short side | workers | cliplab img/s | open_clip img/s | ratio (median) | ratio range |"
+        "\n|---|---|---|---|---|---|"
+    )
     for size, workers, ours, theirs in rows:
-        print(f"| {size} | {workers} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f}x |")
+        ratios = sorted(a / b for a, b in zip(ours, theirs, strict=True))
+        print(
+            f"| {size} | {workers} | {np.median(ours):.0f} | {np.median(theirs):.0f} "
+            f"| {np.median(ratios):.2f}x | {ratios[0]:.2f}-{ratios[-1]:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ class ClipImageTransform:
         """PIL image -> transformed uint8 array [H, W, 3]; `crop` (top, left, h, w) or a random one."""
         img = flatten_alpha(img)
         if not self.train:
-            return np.asarray(self._resize_center_crop(img))
+            return np.array(self._resize_center_crop(img))  # writable: the collate wraps it without a copy
         size = self.image_size
         # HWC pixels seen as a channels-last [1, 3, H, W] batch: the layout torch's fast uint8 kernel wants.
         pixels = torch.from_numpy(np.array(img)).permute(2, 0, 1).unsqueeze(0)
