@@ -26,9 +26,16 @@ def shards_ready(shard_dir: Path) -> bool:
     return bool(listed) and all((shard_dir / name).is_file() for name in listed)
 
 
-def prepare(image_size: int = 64, force: bool = False, samples_per_shard: int = 512) -> Path:
-    """Returns the data set directory, with `shards/train` and `shards/val` inside."""
-    root = emoji.build(image_size=image_size, force=force)
+def prepare(
+    image_size: int = 64, force: bool = False, samples_per_shard: int = 512, extra_styles: bool = True
+) -> Path:
+    """Returns the data set directory, with `shards/train` and `shards/val` inside.
+
+    `extra_styles` (the default) trains on four artists instead of two (Google Noto and Microsoft Fluent
+    from npm besides OpenMoji colour and line art): twice the pairs, and measured to generalise far better
+    to the held-out artist (scaling_emoji s2: zero-shot top-5 5.1 % vs 2.0 %).
+    """
+    root = emoji.build(image_size=image_size, force=force, extra_styles=extra_styles)
     for split in SPLITS:
         shard_dir = root / "shards" / split
         if force or not shards_ready(shard_dir):
@@ -49,8 +56,14 @@ def main() -> None:
     )
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache is complete")
+    parser.add_argument(
+        "--extra-styles",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train on Google Noto and Microsoft Fluent (npm); --no-extra-styles: OpenMoji only",
+    )
     args = parser.parse_args()
-    prepare(image_size=args.image_size, force=args.force)
+    prepare(image_size=args.image_size, force=args.force, extra_styles=args.extra_styles)
 
 
 if __name__ == "__main__":

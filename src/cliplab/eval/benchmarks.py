@@ -263,16 +263,21 @@ class EmojiBenchmark(ZeroShotBenchmark):
     """A zero-shot split of the default emoji data set (`style`: the held-out artist; `novel`; `group`)."""
 
     def __init__(self, name: str = "emoji", split: str = "style", image_size: int = 64, templates=None,
-                 limit: int | None = None, dataset_options: dict | None = None):  # fmt: skip
+                 limit: int | None = None, dataset_options: dict | None = None,
+                 root: str | Path | None = None):  # fmt: skip
         super().__init__(name, templates, limit)
         self.split, self.image_size = split, image_size
         self.dataset_options = dict(dataset_options or {})
+        self._root = root  # a build folder (the configs pass paths.emoji_dir, the one training reads)
 
     @cached_property
     def root(self) -> Path:
-        from cliplab.data.emoji import dataset_dir
+        from cliplab.data.emoji import check_manifest, dataset_dir
 
-        return dataset_dir(self.image_size, **self.dataset_options)
+        if self._root is None:
+            return dataset_dir(self.image_size, **self.dataset_options)
+        check_manifest(Path(self._root), "python -m cliplab.data.prepare")
+        return Path(self._root)
 
     @cached_property
     def templates(self) -> list[str]:

@@ -6,10 +6,27 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never a display (CI, SLURM, notebooks save too)
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cliplab.sweeps.collect import Job  # noqa: E402
 from cliplab.sweeps.powerlaw import PowerLaw, fit_power_law  # noqa: E402
+
+
+def short_labels(jobs: list[Job]) -> list[str]:
+    """Per job, only the overrides whose values differ between jobs ("scale=s1"): full job names overlap."""
+    keys = sorted({k for j in jobs for k in j.overrides})
+    varying = [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
+    if not varying:
+        return [j.name for j in jobs]
+    return [",".join(f"{k}={j.overrides[k]}" for k in varying if k in j.overrides) or j.name for j in jobs]
+
+
+def _percent_axis(axis) -> None:
+    """Readable ticks on a log axis of rates (0.2 -> 20%), also between powers of ten."""
+    formatter = matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:.4g}%")
+    axis.set_major_formatter(formatter)
+    axis.set_minor_formatter(formatter)
 
 
 def scaling_points(jobs: list[Job], metric: str) -> tuple[list[Job], np.ndarray, np.ndarray]:
@@ -23,8 +40,8 @@ def plot_scaling(jobs: list[Job], metric: str, path: Path) -> PowerLaw | None:
     fit = fit_power_law(compute, error)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.scatter(compute, error, color="C0", zorder=3)
-    for job, x, y in zip(kept, compute, error):
-        ax.annotate(job.name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    for label, x, y in zip(short_labels(kept), compute, error):
+        ax.annotate(label, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
     if fit is not None:
         grid = np.geomspace(compute.min(), compute.max(), 50)
         ax.plot(grid, fit(grid), "--", color="C1", label=f"fit: {fit}")
@@ -32,7 +49,11 @@ def plot_scaling(jobs: list[Job], metric: str, path: Path) -> PowerLaw | None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training compute (FLOPs = FLOPs/sample x samples seen)")
-    ax.set_ylabel("loss" if metric.endswith("loss") else f"error = 1 - {metric}")
+    if metric.endswith("loss"):
+        ax.set_ylabel(metric)
+    else:
+        ax.set_ylabel(f"error = 1 - {metric}")
+        _percent_axis(ax.yaxis)
     ax.set_title("Scaling: error vs compute")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -45,13 +66,13 @@ def plot_curves(jobs: list[Job], key: str, path: Path) -> int:
     """One line per job of a logged metric against samples seen (steps x batch); returns lines drawn."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     drawn = 0
-    for job in jobs:
+    for job, label in zip(jobs, short_labels(jobs)):
         points = job.curve(key)
         if not points:
             continue
         batch = (job.config.get("data") or {}).get("batch_size") or 1
         steps, values = zip(*points)
-        ax.plot(np.array(steps) * batch, values, label=job.name)
+        ax.plot(np.array(steps) * batch, values, label=label)
         drawn += 1
     ax.set_xlabel("samples seen")
     ax.set_ylabel(key)

@@ -52,7 +52,7 @@ from cliplab.utils.paths import cache_dir
 from .build import DEFAULT_HOLDOUT, build, dataset_name, rebuild_command
 from .manifest import CorruptDataset, check_manifest
 
-__all__ = ["CorruptDataset", "build", "dataset_dir"]
+__all__ = ["CorruptDataset", "build", "check_manifest", "dataset_dir"]
 
 
 def dataset_dir(
