@@ -70,6 +70,12 @@ class CLIPModule(pl.LightningModule):
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         per_sample = getattr(self, "flops_per_sample", None)
         self.flops_per_batch = None if per_sample is None else per_sample * batch[0].shape[0]
+        # Lightning zeroes gradients between the forward and the backward, so last step's gradients would
+        # stay alive through this step's forward, on top of its activations (the memory peak). They were
+        # consumed by the last optimizer step: free them now. Lightning's own zero_grad is then a no-op.
+        if self.automatic_optimization and batch_idx % self.trainer.accumulate_grad_batches == 0:
+            for optimizer in self.trainer.optimizers:
+                optimizer.zero_grad(set_to_none=True)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict:
         return self.model(images, tokens)

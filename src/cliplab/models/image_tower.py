@@ -18,6 +18,8 @@ from timm.models import group_parameters
 from timm.models._registry import model_entrypoint
 from torch import nn
 
+from cliplab.models.recompute import use_selective_recompute
+
 log = logging.getLogger(__name__)
 
 Pool = Literal["token", "avg", "attn"]
@@ -58,6 +60,8 @@ class TimmImageTower(nn.Module):
         patch_dropout: FLIP patch dropout rate for ViTs (class token kept; active in training only).
         act: activation override ("quick_gelu" for OpenAI weights, "gelu").
         grad_checkpointing: start with activation checkpointing on.
+        selective_recompute: ViTs recompute norms and GELUs in backward instead of storing them (about a
+            third less activation memory, identical gradients; see `cliplab.models.recompute`).
         layers: block count per stage for ByobNet models (e.g. `[1, 1, 1, 1]` for a tiny CLIP ResNet).
         width: transformer width of a ViT (timm's `embed_dim`, renamed because ours is the output size).
         **timm_kwargs: passed to `timm.create_model` (e.g. `depth`, `num_heads` for ViTs,
@@ -76,6 +80,7 @@ class TimmImageTower(nn.Module):
         patch_dropout: float = 0.0,
         act: str | None = None,
         grad_checkpointing: bool = False,
+        selective_recompute: bool = True,
         layers: list[int] | None = None,
         width: int | None = None,
         **timm_kwargs,
@@ -147,6 +152,9 @@ class TimmImageTower(nn.Module):
 
             load_image_tower_checkpoint(self, checkpoint_path)
         self.set_grad_checkpointing(grad_checkpointing)
+        # Full checkpointing (timm's checkpoint_seq) bypasses the blocks' forward, so it takes precedence.
+        if family == "vit" and isinstance(getattr(self.trunk, "blocks", None), nn.Sequential):
+            use_selective_recompute(self.trunk.blocks, selective_recompute)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if hasattr(self.head, "pool"):

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from cliplab.models.recompute import selective_checkpoint
+
 
 class QuickGELU(nn.Module):
     """`x * sigmoid(1.702 x)`: the GELU approximation OpenAI's CLIP weights were trained with."""
@@ -95,7 +97,8 @@ class Transformer(nn.Module):
         super().__init__()
         self.width = width
         self.layers = layers
-        self.grad_checkpointing = False
+        self.grad_checkpointing = False  # full: keep block inputs only, rerun whole blocks
+        self.selective_recompute = False  # keep matmul outputs, rerun norms/GELU (cliplab.models.recompute)
         self.resblocks = nn.ModuleList(
             ResidualAttentionBlock(width, heads, mlp_ratio, act) for _ in range(layers)
         )
@@ -106,6 +109,8 @@ class Transformer(nn.Module):
         for block in self.resblocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, is_causal, attn_mask, use_reentrant=False)
+            elif self.selective_recompute and torch.is_grad_enabled():
+                x = selective_checkpoint(block, x, is_causal, attn_mask)
             else:
                 x = block(x, is_causal=is_causal, attn_mask=attn_mask)
         return x

