@@ -215,6 +215,25 @@ def test_report_writes_table_fit_and_figures(fake_sweep, capsys):
     assert "report written to" in capsys.readouterr().out
 
 
+def test_report_headline_is_the_experiments_report_metric_and_every_metric_is_fitted(tmp_path):
+    sweep = tmp_path / "named"
+    for name, width, samples, group_top1 in (("scale=s0", 32, 800, 0.2), ("scale=s1", 64, 1600, 0.4)):
+        job = make_job(sweep, name, width, samples, 0.01)
+        config = yaml.safe_load((job / "config.yaml").read_text())
+        (job / "config.yaml").write_text(yaml.safe_dump({**config, "report_metric": "zeroshot/g/top1"}))
+        metrics = json.loads((job / "metrics.json").read_text())
+        (job / "metrics.json").write_text(json.dumps({**metrics, "zeroshot/g/top1": group_top1}))
+    report = write_report(sweep)
+    assert report.metric == "zeroshot/g/top1"
+    assert report.fit.exponent < 0 and report.fit(1.0) == pytest.approx(report.fit.a)
+    md = (sweep / "report" / "report.md").read_text()
+    assert "Power law of error (1 - `zeroshot/g/top1`)" in md
+    assert "| zeroshot/emoji/top1 |" in md and "| zeroshot/g/top1 |" in md, "each metric gets its own fit"
+    assert (
+        write_report(sweep, tmp_path / "other", metric="zeroshot/emoji/top1").metric == "zeroshot/emoji/top1"
+    )
+
+
 def test_report_with_one_point_has_no_fit(tmp_path):
     make_job(tmp_path / "one", "scale=s0", 32, 800, 0.1)
     report = write_report(tmp_path / "one", tmp_path / "out")

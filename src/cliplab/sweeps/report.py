@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cliplab.sweeps.collect import Job, collect
-from cliplab.sweeps.plots import plot_curves, plot_scaling
-from cliplab.sweeps.powerlaw import PowerLaw
+from cliplab.sweeps.plots import plot_curves, plot_scaling, scaling_points
+from cliplab.sweeps.powerlaw import PowerLaw, fit_power_law
 
 DEFAULT_METRIC = "zeroshot/emoji/top1"
 COLUMNS = ("job", "status", "flops/sample", "samples seen", "compute (FLOPs)", "train/loss", "val/loss")
@@ -55,6 +55,17 @@ def eval_metrics(jobs: list[Job], metric: str) -> list[str]:
     return [metric, *names]
 
 
+def metric_fits(jobs: list[Job], metric: str) -> dict[str, PowerLaw]:
+    """A power law of every evaluation metric against compute, so a headline pick can be checked."""
+    fits = {}
+    for name in eval_metrics(jobs, metric):
+        _, compute, error = scaling_points(jobs, name)
+        fit = fit_power_law(compute, error)
+        if fit is not None:
+            fits[name] = fit
+    return fits
+
+
 def markdown(jobs: list[Job], metric: str, fit: PowerLaw | None, images: dict[str, str], title: str) -> str:
     metrics = eval_metrics(jobs, metric)
     header = [*COLUMNS, *metrics]
@@ -70,6 +81,11 @@ def markdown(jobs: list[Job], metric: str, fit: PowerLaw | None, images: dict[st
         lines += ["", "Unfinished jobs: " + ", ".join(f"`{j.name}` ({j.status})" for j in failed)]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(jobs, metrics)]
+    fits = metric_fits(jobs, metric)
+    if fits:
+        lines += ["", "## Power law of every metric (error = 1 - accuracy) vs compute", ""]
+        lines += ["| metric | fit | exponent | R^2 |", "|---|---|---|---|"]
+        lines += [f"| {m} | {f} | {f.exponent:.4f} | {f.r2:.3f} |" for m, f in fits.items()]
     for caption, file in images.items():
         lines += ["", f"## {caption}", "", f"![{caption}]({file})"]
     return "\n".join(lines) + "\n"
@@ -105,16 +121,25 @@ def write_runs_csv(jobs: list[Job], metric: str, path: Path) -> None:
             writer.writerow([*row, *(job.overrides.get(k, "") for k in keys)])
 
 
+def headline_metric(jobs: list[Job]) -> str:
+    """The metric the sweep's experiment names (`report_metric` in its config), else DEFAULT_METRIC."""
+    named = {j.config.get("report_metric") for j in jobs} - {None}
+    return named.pop() if len(named) == 1 else DEFAULT_METRIC
+
+
 def write_report(
-    sweep_dir: str | Path, out_dir: str | Path | None = None, metric: str = DEFAULT_METRIC
+    sweep_dir: str | Path, out_dir: str | Path | None = None, metric: str | None = None
 ) -> Report:
-    """Collects the sweep's jobs and writes the table, figures, Markdown and HTML; returns what it wrote."""
+    """Collects the sweep's jobs and writes the table, figures, Markdown and HTML; returns what it wrote.
+
+    `metric` (error = 1 - accuracy, or a loss as is) defaults to the experiment's `report_metric`."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"no sweep directory {sweep_dir}")
     out_dir = Path(out_dir) if out_dir else sweep_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = collect(sweep_dir)
+    metric = metric or headline_metric(jobs)
     files = {"runs.csv": out_dir / "runs.csv", "scaling.png": out_dir / "scaling.png"}
     write_runs_csv(jobs, metric, files["runs.csv"])
     fit = plot_scaling(jobs, metric, files["scaling.png"])
@@ -143,7 +168,10 @@ def main(argv: list[str] | None = None) -> Report:
     )
     parser.add_argument("--out", default=None, help="output folder (default: <sweep_dir>/report)")
     parser.add_argument(
-        "--metric", default=DEFAULT_METRIC, help="accuracy (error = 1 - value) or a */loss metric"
+        "--metric",
+        default=None,
+        help=f"accuracy (error = 1 - value) or a */loss metric (default: the experiment's report_metric, "
+        f"else {DEFAULT_METRIC})",
     )
     parser.add_argument(
         "--wandb", action="store_true", help="also publish a W&B report (online login needed)"
