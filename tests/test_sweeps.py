@@ -234,6 +234,13 @@ def test_report_headline_is_the_experiments_report_metric_and_every_metric_is_fi
     )
 
 
+def test_report_without_flop_counts_still_writes_its_figures(tmp_path):
+    job = make_job(tmp_path / "uncounted", "scale=s0", 32, 800, 0.1)
+    (job / "config.yaml").write_text(yaml.safe_dump({"data": {"batch_size": 8}}))  # no model: no FLOPs
+    report = write_report(tmp_path / "uncounted")
+    assert report.fit is None and (report.out_dir / "scaling.png").stat().st_size > 0
+
+
 def test_report_with_one_point_has_no_fit(tmp_path):
     make_job(tmp_path / "one", "scale=s0", 32, 800, 0.1)
     report = write_report(tmp_path / "one", tmp_path / "out")

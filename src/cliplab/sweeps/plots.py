@@ -30,8 +30,8 @@ def _percent_axis(axis) -> None:
 
 
 def scaling_points(jobs: list[Job], metric: str) -> tuple[list[Job], np.ndarray, np.ndarray]:
-    """Jobs with both a training compute and a value of `metric`, with (compute, error) arrays."""
-    kept = [j for j in jobs if j.compute is not None and j.error_rate(metric) is not None]
+    """Jobs with a positive training compute and error of `metric` (log axes), with (compute, error) arrays."""
+    kept = [j for j in jobs if (j.compute or 0) > 0 and (j.error_rate(metric) or 0) > 0]
     return kept, np.array([j.compute for j in kept]), np.array([j.error_rate(metric) for j in kept])
 
 
@@ -46,8 +46,13 @@ def plot_scaling(jobs: list[Job], metric: str, path: Path) -> PowerLaw | None:
         grid = np.geomspace(compute.min(), compute.max(), 50)
         ax.plot(grid, fit(grid), "--", color="C1", label=f"fit: {fit}")
         ax.legend(fontsize=8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    if len(kept):  # log axes need positive points; an empty sweep still gets a (blank) figure
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    else:
+        ax.text(
+            0.5, 0.5, f"no finished job with a FLOP count and {metric}", ha="center", transform=ax.transAxes
+        )
     ax.set_xlabel("training compute (FLOPs = FLOPs/sample x samples seen)")
     if metric.endswith("loss"):
         ax.set_ylabel(metric)
