@@ -58,18 +58,30 @@ class CLIPModule(pl.LightningModule):
                 tower.compile()
             self._compiled = True
 
-    def on_fit_start(self) -> None:
-        # Counted once on the meta device; the throughput callback turns it into FLOP/s and MFU.
-        from cliplab.utils.flops import train_flops_per_sample
+    @property
+    def flops_per_sample(self) -> float | None:
+        """Training FLOPs per sample, counted once on the meta device when first asked for (the throughput
+        callback asks; a run without it never pays the count, about a second of compute)."""
+        if not hasattr(self, "_flops_per_sample"):
+            from cliplab.utils.flops import train_flops_per_sample
 
-        try:
-            self.flops_per_sample = train_flops_per_sample(self.hparams.model)
-        except Exception:  # a tower the meta device cannot run: no FLOPs, never a failed run
-            self.flops_per_sample = None
+            # Asked from hooks that may run in inference mode (ThroughputMonitor); counting needs a backward.
+            try:
+                with torch.inference_mode(False), torch.enable_grad():
+                    self._flops_per_sample = train_flops_per_sample(self.hparams.model)
+            except Exception:  # a tower the meta device cannot run: no FLOPs, never a failed run
+                self._flops_per_sample = None
+        return self._flops_per_sample
+
+    @property
+    def flops_per_batch(self) -> float | None:
+        """Read by Lightning's ThroughputMonitor after every batch."""
+        batch_size = getattr(self, "_batch_size", None)
+        per_sample = self.flops_per_sample if batch_size else None
+        return None if per_sample is None else per_sample * batch_size
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        per_sample = getattr(self, "flops_per_sample", None)
-        self.flops_per_batch = None if per_sample is None else per_sample * batch[0].shape[0]
+        self._batch_size = batch[0].shape[0]
         # Lightning zeroes gradients between the forward and the backward, so last step's gradients would
         # stay alive through this step's forward, on top of its activations (the memory peak). They were
         # consumed by the last optimizer step: free them now. Lightning's own zero_grad is then a no-op.
@@ -134,8 +146,15 @@ class CLIPModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         optim_cfg = dict(self.hparams.optim)
         weight_decay = optim_cfg.pop("weight_decay", 0.0)
+        groups = param_groups(self, weight_decay)
+        # DeepSpeed wraps the optimizer around its own flat partitions: leave its choice alone.
+        deepspeed = "DeepSpeed" in type(getattr(self._trainer, "strategy", None)).__name__
+        if not deepspeed and _fusable(optim_cfg, groups):
+            # One kernel per step instead of ~10 passes over every parameter (the 49408-row token
+            # embedding dominates); measured 4x faster on CPU. An explicit fused/foreach in the config wins.
+            optim_cfg["fused"] = True
         # _partial_: hydra would turn the param-group dicts into DictConfigs if passed as a kwarg.
-        optimizer = instantiate(optim_cfg, _partial_=True)(param_groups(self, weight_decay))
+        optimizer = instantiate(optim_cfg, _partial_=True)(groups)
         if not self.hparams.scheduler:
             return optimizer
         total_steps = self.trainer.estimated_stepping_batches
@@ -147,3 +166,22 @@ class CLIPModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.samples_seen = checkpoint.get("samples_seen", 0)
+
+
+_FUSED_OPTIMIZERS = {
+    "torch.optim.AdamW",
+    "torch.optim.Adam",
+    "torch.optim.adamw.AdamW",
+    "torch.optim.adam.Adam",
+}
+
+
+def _fusable(optim_cfg: dict, groups: list[dict]) -> bool:
+    """Whether to default torch's Adam/AdamW to its fused kernel: plain (unsharded) fp tensors on CPU/CUDA."""
+    if optim_cfg.get("_target_") not in _FUSED_OPTIMIZERS or {"fused", "foreach"} & optim_cfg.keys():
+        return False
+    params = [p for g in groups for p in g["params"]]
+    return all(
+        type(p.data) is torch.Tensor and p.device.type in ("cpu", "cuda") and p.is_floating_point()
+        for p in params
+    )
