@@ -11,7 +11,7 @@ def clip_batch_size(batch: Any) -> int:
 
 
 class ClipThroughputMonitor(ThroughputMonitor):
-    """Logs `train|validate/{samples,batches}_per_sec`, `.../flops_per_sec` and `.../mfu`.
+    """Logs `train|validate/{samples,batches}_per_sec`, `.../flops_per_sec`, `.../mfu` and `train/flops_seen`.
 
     FLOPs come from the module's `flops_per_batch`. Lightning knows the peak FLOP/s of common GPUs;
     for CPUs (or to override) give `peak_flops` (FLOP/s per device, e.g. from `make bench`'s matmul
@@ -28,3 +28,11 @@ class ClipThroughputMonitor(ThroughputMonitor):
             self.available_flops = self.peak_flops
             for throughput in self._throughputs.values():
                 throughput.available_flops = self.peak_flops  # per device, as Throughput expects
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # Cumulative training compute (the x axis of scaling plots, in W&B too): FLOPs/sample x samples seen.
+        per_sample = getattr(pl_module, "flops_per_sample", None)
+        seen = getattr(pl_module, "samples_seen", None)
+        if per_sample and seen is not None:
+            pl_module.log("train/flops_seen", float(per_sample) * float(seen), rank_zero_only=True)
