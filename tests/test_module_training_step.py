@@ -56,6 +56,21 @@ class _Batches(torch.utils.data.Dataset):
         return torch.randn(4, 3, 32, 32, generator=gen), torch.randint(1, 63, (4, 8), generator=gen)
 
 
+def fit_three_steps(module: CLIPModule) -> pl.Trainer:
+    """Three steps on CPU, quiet, with the throughput monitor (it reads flops_per_batch)."""
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ClipThroughputMonitor(peak_flops=1e9, window_size=2)],
+    )
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Batches(), batch_size=None))
+    return trainer
+
+
 def test_last_steps_gradients_are_gone_before_the_forward():
     module = _module()
     seen = []
@@ -66,15 +81,6 @@ def test_last_steps_gradients_are_gone_before_the_forward():
         return original(batch, batch_idx)
 
     module.training_step = training_step
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[ClipThroughputMonitor(peak_flops=1e9, window_size=2)],  # reads flops_per_batch
-    )
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Batches(), batch_size=None))
+    fit_three_steps(module)
     assert seen == [True, True, True]
     assert module.flops_per_batch > 0  # counted on demand, for the last batch's size
