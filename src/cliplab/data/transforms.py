@@ -2,9 +2,9 @@
 
 `train_transform` / `eval_transform` return a `ClipImageTransform`. Called on a PIL image it gives the
 usual normalised float tensor (same pixels as torchvision's RandomResizedCrop/Resize+CenterCrop followed by
-ToTensor+Normalize). The data pipeline instead calls `decode(bytes)` -> uint8 HWC array per sample and
-`normalize(batch)` once per batch: one vectorised float pass instead of two per image, and JPEGs are decoded
-at a reduced DCT scale (`PIL.Image.draft`) when the target is much smaller than the stored image.
+ToTensor+Normalize). The data pipeline instead calls `decode(bytes)` -> uint8 HWC array per sample (JPEGs
+decoded at a reduced DCT scale, `PIL.Image.draft`, when the crop is much larger than the target) and the
+collate's `normalize_into` writes each one, normalised, straight into the float batch.
 
 The train crop is resampled by torch's uint8 antialiased bicubic kernel (same filter as Pillow's BICUBIC,
 a = -0.5 with the support widened by the scale factor, but about 3x faster); pixels differ from Pillow's by
@@ -194,7 +194,7 @@ class ClipImageTransform:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """PIL image -> normalised float tensor [3, H, W] (torchvision-style transform)."""
-        return self.normalize(torch.from_numpy(np.array(self.apply_uint8(img))))
+        return self.normalize(torch.from_numpy(self.apply_uint8(img)))  # already a fresh array: no copy
 
 
 def train_transform(
