@@ -1,4 +1,4 @@
-"""`python -m bench [names...] [--quick] [--reps N] [--device auto|cpu|cuda] [--levers]` (`make bench ARGS=...`).
+"""`python -m bench [names...] [--quick] [--reps N] [--device auto|cpu|cuda] [--levers [NAMES]]` (`make bench ARGS=...`).
 
 Runs the selected benchmarks side by side with open_clip and writes bench/results/latest.{md,json}.
 Names: train_step, end_to_end, memory (harness rows); loss, data, zeroshot (standalone scripts whose
@@ -37,9 +37,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads on both sides (default: all)"
     )
-    parser.add_argument("--levers", action="store_true", help="train_step also with fused AdamW / compile")
+    parser.add_argument(
+        "--levers",
+        nargs="?",
+        const="fused,foreach,compile",
+        default="",
+        help="train_step also with these levers (comma list of fused, foreach, compile; default all)",
+    )
+    parser.add_argument("--only", default="", help="run only the rows whose name contains this text")
     parser.add_argument("--note", action="append", default=[], help="a line added under the table")
     args = parser.parse_args(argv)
+    bad_levers = {x for x in args.levers.split(",") if x} - {"fused", "foreach", "compile"}
+    if bad_levers:
+        parser.error(f"unknown levers {sorted(bad_levers)}; choose from fused, foreach, compile")
     unknown = set(args.names) - set(ROWS) - set(SCRIPTS)
     if unknown:
         parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {ROWS + tuple(SCRIPTS)}")
@@ -82,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     peaks = measure_peaks(device)
     done, raw, sections = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="cliplab-bench-") as state_dir:
-        for case in collect_cases(names, device, threads, args.quick, args.levers, state_dir):
+        cases = collect_cases(names, device, threads, args.quick, args.levers, state_dir)
+        for case in [c for c in cases if args.only in c.name]:
             print(f"{case.name}:", flush=True)
             results = harness.run_case(case, reps, log=lambda m: print(m, flush=True))
             raw[case.name] = results

@@ -5,6 +5,8 @@ state (weights, AdamW state, data) during the measured steps: activations, gradi
 Both sides run with glibc's mmap threshold fixed at 1 MiB (bench_train_step.return_freed_memory): by
 default glibc keeps freed tensors of up to 32 MiB in its heap, so the rise measured how much of the
 warm-up step's memory the allocator happened to keep (the bases differed by ~150 MiB between the sides).
+Without full checkpointing cliplab runs with `selective_recompute=true` (off by default: it is a memory
+lever, it slows GPU steps), the step time is reported beside the memory.
 
     python -m bench memory [--quick]
 """
@@ -35,12 +37,14 @@ def cases(device: str, threads: int, quick: bool, state_dir: str) -> list:
             seed=0,
             state_path=path,
             grad_checkpointing=ckpt,
+            # cliplab's memory setting without full checkpointing: selective recompute (open_clip has none)
+            selective_recompute=not ckpt,
             distinct_batches=1,
             return_freed_memory=True,  # RSS counts live tensors, not the allocator's leftovers
         )
         out.append(
             Case(
-                name=f"peak memory tiny b512 fp32{' +act ckpt' if ckpt else ''}",
+                name=f"peak memory tiny b512 fp32{' +act ckpt' if ckpt else ' (cliplab: selective recompute)'}",
                 module="bench.bench_train_step",
                 spec=spec,
                 metric="step_rss_rise_bytes",

@@ -8,7 +8,8 @@ the first-step loss must agree before any timing counts.
 
     python -m bench.bench_train_step --quick          # tiny model only, 5 runs per side
     python -m bench.bench_train_step                  # tiny b128 + ViT-B/32 b32, fp32 and bf16
-    python -m bench.bench_train_step --levers         # also cliplab with fused AdamW / compile
+    python -m bench train_step --levers               # also fused / foreach AdamW (cliplab) and compile (both)
+    python -m bench train_step --levers compile       # only the compile rows
 """
 
 import math
@@ -35,7 +36,9 @@ def compose_group(group: str, name: str) -> dict:
     return OmegaConf.to_container(cfg[group], resolve=True)
 
 
-def model_config(name: str, grad_checkpointing: bool = False) -> dict:
+def model_config(
+    name: str, grad_checkpointing: bool = False, selective_recompute: bool | None = None
+) -> dict:
     cfg = compose_group("model", name)
     # open_clip's CLIP ViT pools at the class token (the default tiny model mean-pools): the benchmark
     # model must be expressible on both sides to share weights, so it pools at the token.
@@ -43,6 +46,8 @@ def model_config(name: str, grad_checkpointing: bool = False) -> dict:
         cfg["image_tower"]["pool"] = "token"
     for tower in ("image_tower", "text_tower"):
         cfg[tower]["grad_checkpointing"] = grad_checkpointing
+        if selective_recompute is not None:  # cliplab-only memory lever (None: the config's default)
+            cfg[tower]["selective_recompute"] = selective_recompute
     return cfg
 
 
@@ -168,7 +173,9 @@ class StepClock:
         steps = self.total - self.warmup
         step_s = (self.t_end - self.t_timed) / steps
         peak = peak_rss()
+        cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_initialized() else None
         return {
+            "peak_cuda_bytes": cuda,
             "first_loss": self.first_loss,
             "samples_per_s": batch / step_s,
             "step_s": step_s,
@@ -240,6 +247,8 @@ def run_open_clip(spec: dict, model_cfg: dict, batches: list[tuple]) -> dict:
     model.to(device).train()
     if model_cfg["image_tower"].get("grad_checkpointing"):
         model.set_grad_checkpointing(True)
+    if spec.get("compile"):
+        model = torch.compile(model)  # what open_clip_train's --torchcompile does
     optim = compose_group("optim", spec.get("optim", "adamw"))
     optimizer = torch.optim.AdamW(
         openclip_param_groups(model, optim["weight_decay"]),
@@ -283,8 +292,12 @@ def worker(spec: dict) -> dict:
     if spec.get("return_freed_memory"):
         return_freed_memory()
     torch.set_num_threads(spec["threads"])
-    model_cfg = model_config(spec["model"], spec.get("grad_checkpointing", False))
+    model_cfg = model_config(
+        spec["model"], spec.get("grad_checkpointing", False), spec.get("selective_recompute")
+    )
     batches = make_batches(model_cfg, spec["batch"], spec.get("distinct_batches", 2), seed=spec["seed"])
+    if spec["device"].startswith("cuda"):  # data in memory means in device memory: no copy in the step
+        batches = [tuple(t.to(spec["device"]) for t in b) for b in batches]
     run = run_cliplab if spec["side"] == "cliplab" else run_open_clip
     result = run(spec, model_cfg, batches)
     result.update(side=spec["side"], threads=torch.get_num_threads(), torch=torch.__version__)
@@ -292,12 +305,12 @@ def worker(spec: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- cases
-def cases(device: str, threads: int, quick: bool, state_dir: str, levers: bool = False) -> list:
+def cases(device: str, threads: int, quick: bool, state_dir: str, levers: str = "") -> list:
     """The table rows of this benchmark (reference weights are written into `state_dir`)."""
     from bench.harness import Case
 
-    if device.startswith("cuda"):
-        grid = [("vit_b32", 256, "bf16", 3, 20), ("vit_b16", 128, "bf16", 3, 20)]
+    if device.startswith("cuda"):  # per-GPU batches of real runs (open_clip's LAION B/32 and B/16 runs)
+        grid = [("vit_b32", 512, "bf16", 3, 30), ("vit_b16", 256, "bf16", 3, 30)]
     elif quick:
         grid = [("tiny", 128, "fp32", 1, 3)]
     else:
@@ -307,13 +320,12 @@ def cases(device: str, threads: int, quick: bool, state_dir: str, levers: bool =
             ("vit_b32", 32, "fp32", 1, 3),
             ("vit_b32", 32, "bf16", 1, 3),
         ]
-    variants = [("", {})]
-    if levers:
-        variants += [
-            (" +fused AdamW", {"optim_overrides": {"fused": True}}),
-            (" +foreach AdamW", {"optim_overrides": {"foreach": True}}),
-            (" +compile", {"compile": True}),
-        ]
+    all_levers = {
+        "fused": (" +fused AdamW", {"optim_overrides": {"fused": True}}),
+        "foreach": (" +foreach AdamW", {"optim_overrides": {"foreach": True}}),
+        "compile": (" +compile (both sides)", {"compile": True}),
+    }
+    variants = [("", {})] + [all_levers[x] for x in levers.split(",") if x]
     out, flops, states = [], {}, {}
     for name, batch, precision, warmup, steps in grid:
         model_cfg = model_config(name)

@@ -153,7 +153,7 @@ def summarize(case: Case, results: dict[str, list[dict]], peaks: dict[str, float
         peak = peaks.get(case.peak_key) if case.peak_key else None
         mfus[side] = mfu(case.flops_per_sample, med[side], peak) if case.metric == "samples_per_s" else None
     extra = {}
-    for key in ("step_s", "peak_rss_bytes", "step_rss_rise_bytes", "setup_s"):
+    for key in ("step_s", "peak_rss_bytes", "step_rss_rise_bytes", "peak_cuda_bytes", "setup_s"):
         per_side = {s: median([r.get(key) for r in results[s] if "error" not in r]) for s in SIDES}
         if any(v is not None for v in per_side.values()):
             extra[key] = per_side
@@ -276,6 +276,12 @@ def markdown(rows: list[Row], info: dict, peaks: dict[str, float], notes: list[s
             f"| {_fmt_metric(r.median['open_clip'], r.unit)} | {ratio_text} | {mfu_text[0]} | {mfu_text[1]} "
             f"| {step} | {warm} | {r.runs} | {gate} |"
         )
+    cuda_rows = [r for r in rows if any(r.extra.get("peak_cuda_bytes", {}).values())]
+    if cuda_rows:
+        lines += ["", "Peak GPU memory allocated (cliplab / open_clip):"]
+        for r in cuda_rows:
+            mem = r.extra["peak_cuda_bytes"]
+            lines.append(f"- {r.case}: " + " / ".join(_fmt_metric(mem.get(s), "bytes") for s in SIDES))
     for note in notes or []:
         lines += ["", note]
     return "\n".join(lines) + "\n"

@@ -59,8 +59,9 @@ OPTIM = {"_target_": "torch.optim.AdamW", "lr": 5e-3, "weight_decay": 0.1}
 def dataset() -> TensorDataset:
     g = torch.Generator().manual_seed(0)
     n = LOCAL_BATCH * WORLD * STEPS_PER_EPOCH
-    images = torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
-    tokens = torch.randint(1, VOCAB - 1, (n, CONTEXT), generator=g)
+    # explicit device: Lightning's DeepSpeed strategy builds the loader under a default-device context
+    images = torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g, device="cpu")
+    tokens = torch.randint(1, VOCAB - 1, (n, CONTEXT), generator=g, device="cpu")
     tokens[:, -1] = VOCAB - 1  # the largest id ends each caption, as EOT does in CLIP's vocabulary
     return TensorDataset(images, tokens)
 

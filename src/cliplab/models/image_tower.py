@@ -80,7 +80,7 @@ class TimmImageTower(nn.Module):
         patch_dropout: float = 0.0,
         act: str | None = None,
         grad_checkpointing: bool = False,
-        selective_recompute: bool = True,
+        selective_recompute: bool = False,
         layers: list[int] | None = None,
         width: int | None = None,
         **timm_kwargs,

@@ -43,7 +43,7 @@ class CLIPTextTower(nn.Module):
         eot_token_id: int | None = None,
         tokenizer=None,  # the data pipeline's tokenizer config rides along in the tower's config; unused here
         grad_checkpointing: bool = False,
-        selective_recompute: bool = True,
+        selective_recompute: bool = False,
     ):
         super().__init__()
         self.output_dim = embed_dim
