@@ -48,15 +48,19 @@ def test_adamw_is_fused_unless_the_config_chooses():
 
 
 class _Batches(torch.utils.data.Dataset):
+    def __init__(self, token_length: int = 8):
+        self.token_length = token_length
+
     def __len__(self):
         return 3
 
     def __getitem__(self, i):
         gen = torch.Generator().manual_seed(i)
-        return torch.randn(4, 3, 32, 32, generator=gen), torch.randint(1, 63, (4, 8), generator=gen)
+        tokens = torch.randint(1, 63, (4, self.token_length), generator=gen)
+        return torch.randn(4, 3, 32, 32, generator=gen), tokens
 
 
-def fit_three_steps(module: CLIPModule) -> pl.Trainer:
+def fit_three_steps(module: CLIPModule, token_length: int = 8) -> pl.Trainer:
     """Three steps on CPU, quiet, with the throughput monitor (it reads flops_per_batch)."""
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -67,7 +71,9 @@ def fit_three_steps(module: CLIPModule) -> pl.Trainer:
         enable_model_summary=False,
         callbacks=[ClipThroughputMonitor(peak_flops=1e9, window_size=2)],
     )
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Batches(), batch_size=None))
+    trainer.fit(
+        module, train_dataloaders=torch.utils.data.DataLoader(_Batches(token_length), batch_size=None)
+    )
     return trainer
 
 

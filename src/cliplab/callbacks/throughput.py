@@ -31,8 +31,9 @@ class ClipThroughputMonitor(ThroughputMonitor):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        # Cumulative training compute (the x axis of scaling plots, in W&B too): FLOPs/sample x samples seen.
-        per_sample = getattr(pl_module, "flops_per_sample", None)
-        seen = getattr(pl_module, "samples_seen", None)
-        if per_sample and seen is not None:
-            pl_module.log("train/flops_seen", float(per_sample) * float(seen), rank_zero_only=True)
+        # Cumulative training compute (the x axis of scaling plots, in W&B too): the FLOPs every batch did
+        # (its text trimmed to its longest caption), summed over the ranks and kept in checkpoints.
+        per_batch = getattr(pl_module, "flops_per_batch", None)
+        if per_batch and hasattr(pl_module, "flops_seen"):
+            pl_module.flops_seen += float(per_batch) * trainer.world_size
+            pl_module.log("train/flops_seen", pl_module.flops_seen, rank_zero_only=True)

@@ -67,8 +67,11 @@ class CLIPDataModule(pl.LightningDataModule):
         prefetch_factor: int = 2,
         fault_dir: str | None = None,
         seed: int = 0,
+        trim_padding: bool = True,
     ):
         super().__init__()
+        # Batches carry tokens only up to their longest caption (exact: see samples.trim_padding).
+        self.trim_padding = bool(trim_padding)
         self.train_source = as_source(train, shuffle=True)
         self.val_source = as_source(val, shuffle=False)
         self.batch_size = int(batch_size)
@@ -136,7 +139,7 @@ class CLIPDataModule(pl.LightningDataModule):
             shuffle=train and not iterable,
             drop_last=train,
             num_workers=workers,
-            collate_fn=Collate(transform, self.tokenizer),
+            collate_fn=Collate(transform, self.tokenizer, trim_padding=self.trim_padding),
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,

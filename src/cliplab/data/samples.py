@@ -53,12 +53,33 @@ def sample_from_dict(sample: dict, transform, faults, shard):
     return make_sample(image, decode_caption(sample.get("txt")), transform, faults, shard, sample["__key__"])
 
 
-class Collate:
-    """list[(uint8 HWC array, caption)] -> (float images [B, 3, H, W], tokens [B, L] or captions)."""
+def trim_padding(tokens: torch.Tensor, pad_token_id: int | None, multiple: int = 8) -> torch.Tensor:
+    """Drops the trailing columns that are padding in every row, keeping a multiple of `multiple` columns
+    (fewer distinct shapes for compiled code, tensor-core friendly widths).
 
-    def __init__(self, transform: ClipImageTransform, tokenizer=None):
+    Exact for every text tower here: the CLIP tower is causal and pools at the end-of-text token, so no
+    kept position attends to a dropped one; the Hugging Face towers mask padding out. Captions are mostly
+    far shorter than the context, so this skips most of the text tower's work.
+    """
+    if pad_token_id is None or tokens.ndim != 2:
+        return tokens
+    used = (tokens != pad_token_id).any(dim=0).nonzero()
+    length = int(used[-1]) + 1 if len(used) else 1
+    length = min(tokens.shape[1], -(-length // multiple) * multiple)
+    return tokens if length == tokens.shape[1] else tokens[:, :length].contiguous()
+
+
+class Collate:
+    """list[(uint8 HWC array, caption)] -> (float images [B, 3, H, W], tokens [B, L] or captions).
+
+    With `trim_padding`, L is the longest caption of the batch rounded up to a multiple of 8 (see
+    `trim_padding`), not the tokenizer's context length.
+    """
+
+    def __init__(self, transform: ClipImageTransform, tokenizer=None, trim_padding: bool = False):
         self.transform = transform
         self.tokenizer = tokenizer
+        self.trim = trim_padding and tokenizer is not None
 
     def __call__(self, batch):
         batch = [s for s in batch if s is not None]  # map-style sources return None for skipped items
@@ -70,7 +91,11 @@ class Collate:
         for out, (array, _) in zip(images, batch, strict=True):
             self.transform.normalize_into(out, array, affine)
         captions = [s[1] for s in batch]
-        tokens = self.tokenizer(captions) if self.tokenizer is not None else captions
+        if self.tokenizer is None:
+            return images, captions
+        tokens = self.tokenizer(captions)
+        if self.trim:
+            tokens = trim_padding(tokens, getattr(self.tokenizer, "pad_token_id", None))
         return images, tokens
 
 

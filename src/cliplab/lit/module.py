@@ -36,6 +36,7 @@ class CLIPModule(pl.LightningModule):
         tokenizer_cfg = model["text_tower"].get("tokenizer")
         self.tokenizer = instantiate(tokenizer_cfg) if tokenizer_cfg else None
         self.samples_seen = 0
+        self.flops_seen = 0.0  # training FLOPs done so far, all ranks (added up by ClipThroughputMonitor)
         self._sharded = self._compiled = False
         # Feature-cache accumulation runs its own forward/backward passes: manual optimization.
         self.automatic_optimization = not isinstance(self.loss_fn, FeatureCacheLoss)
@@ -60,28 +61,38 @@ class CLIPModule(pl.LightningModule):
 
     @property
     def flops_per_sample(self) -> float | None:
-        """Training FLOPs per sample, counted once on the meta device when first asked for (the throughput
-        callback asks; a run without it never pays the count, about a second of compute)."""
-        if not hasattr(self, "_flops_per_sample"):
+        """Training FLOPs per sample at the full text context, counted once on the meta device when first
+        asked for (a run that never asks never pays the count, about a second of compute)."""
+        return self._flops_at(None)
+
+    def _flops_at(self, text_length: int | None) -> float | None:
+        """FLOPs per sample with `text_length` tokens (None: the full context), counted once per length."""
+        cache = self.__dict__.setdefault("_flops_cache", {})
+        if text_length not in cache:
             from cliplab.utils.flops import train_flops_per_sample
 
             # Asked from hooks that may run in inference mode (ThroughputMonitor); counting needs a backward.
             try:
                 with torch.inference_mode(False), torch.enable_grad():
-                    self._flops_per_sample = train_flops_per_sample(self.hparams.model)
+                    cache[text_length] = train_flops_per_sample(self.hparams.model, text_length)
             except Exception:  # a tower the meta device cannot run: no FLOPs, never a failed run
-                self._flops_per_sample = None
-        return self._flops_per_sample
+                cache[text_length] = None
+        return cache[text_length]
 
     @property
     def flops_per_batch(self) -> float | None:
-        """Read by Lightning's ThroughputMonitor after every batch."""
+        """Read by Lightning's ThroughputMonitor after every batch: the work this batch really did, with
+        its tokens trimmed to its longest caption (the data module's `trim_padding`)."""
         batch_size = getattr(self, "_batch_size", None)
-        per_sample = self.flops_per_sample if batch_size else None
+        per_sample = self._flops_at(getattr(self, "_text_length", None)) if batch_size else None
         return None if per_sample is None else per_sample * batch_size
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._batch_size = batch[0].shape[0]
+        tokens = batch[1]
+        full = self.hparams.model.get("context_length")
+        length = tokens.shape[1] if isinstance(tokens, torch.Tensor) and tokens.ndim == 2 else None
+        self._text_length = None if length == full else length
         # Lightning zeroes gradients between the forward and the backward, so last step's gradients would
         # stay alive through this step's forward, on top of its activations (the memory peak). They were
         # consumed by the last optimizer step: free them now. Lightning's own zero_grad is then a no-op.
@@ -163,9 +174,11 @@ class CLIPModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["samples_seen"] = self.samples_seen
+        checkpoint["flops_seen"] = self.flops_seen
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.samples_seen = checkpoint.get("samples_seen", 0)
+        self.flops_seen = checkpoint.get("flops_seen", 0.0)
 
 
 _FUSED_OPTIMIZERS = {

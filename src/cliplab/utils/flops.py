@@ -5,11 +5,13 @@ from hydra.utils import instantiate
 from lightning_fabric.utilities.throughput import measure_flops
 
 
-def train_flops_per_sample(model_cfg: dict) -> int:
-    """Forward + backward FLOPs of one image-text pair through both towers (matmuls and convolutions)."""
+def train_flops_per_sample(model_cfg: dict, text_length: int | None = None) -> int:
+    """Forward + backward FLOPs of one image-text pair through both towers (matmuls and convolutions),
+    with `text_length` tokens (default: the full context; batches trimmed to their longest caption are
+    shorter)."""
     with torch.device("meta"):
         model = instantiate(model_cfg, _convert_="object")
-        size, length = model_cfg["image_size"], model_cfg["context_length"]
+        size, length = model_cfg["image_size"], text_length or model_cfg["context_length"]
         images = torch.empty(1, 3, size, size)
         tokens = torch.zeros(1, length, dtype=torch.long)
     return measure_flops(
