@@ -105,6 +105,19 @@ def test_deepspeed_presets_build_strategies(cfg_factory, preset, stage):
     assert cfg.trainer.accelerator == "gpu"
 
 
+def test_installed_deepspeed_can_broadcast_the_scalar_temperature():
+    """DeepSpeed 0.19.8 broadcasts every parameter as `p.data.view(torch.uint8)`, which raises on 0-dim
+    tensors such as `logit_scale` before the first step (seen on an H100); the pin keeps such releases out."""
+    pytest.importorskip("deepspeed")
+    import inspect
+
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    temperature = torch.nn.Parameter(torch.tensor(2.6592))
+    if "view(torch.uint8)" in inspect.getsource(DeepSpeedEngine._broadcast_model):
+        temperature.data.view(torch.uint8)  # what such a release does at start-up: fails the test
+
+
 @pytest.mark.parametrize("preset", ["fsdp", "deepspeed", "deepspeed_stage3"])
 def test_gpu_strategies_without_gpu_fail_with_a_hint(cfg_factory, preset):
     if torch.cuda.is_available():
