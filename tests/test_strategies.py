@@ -105,17 +105,25 @@ def test_deepspeed_presets_build_strategies(cfg_factory, preset, stage):
     assert cfg.trainer.accelerator == "gpu"
 
 
-def test_installed_deepspeed_can_broadcast_the_scalar_temperature():
+def test_installed_deepspeed_can_broadcast_the_scalar_temperature(monkeypatch, cfg_factory):
     """DeepSpeed 0.19.8 broadcasts every parameter as `p.data.view(torch.uint8)`, which raises on 0-dim
-    tensors such as `logit_scale` before the first step (seen on an H100); the pin keeps such releases out."""
+    tensors such as `logit_scale` before the first step (seen on an H100); the pin keeps such releases out,
+    and validation names the problem if one is installed anyway."""
     pytest.importorskip("deepspeed")
-    import inspect
-
     from deepspeed.runtime.engine import DeepSpeedEngine
 
-    temperature = torch.nn.Parameter(torch.tensor(2.6592))
-    if "view(torch.uint8)" in inspect.getsource(DeepSpeedEngine._broadcast_model):
-        temperature.data.view(torch.uint8)  # what such a release does at start-up: fails the test
+    from cliplab import validate
+
+    assert validate.deepspeed_handles_scalar_parameters()
+
+    def broken(self):  # the 0.19.8 behaviour
+        for p in self.module.parameters():
+            p.data.view(torch.uint8)
+
+    monkeypatch.setattr(DeepSpeedEngine, "_broadcast_model", broken)
+    assert not validate.deepspeed_handles_scalar_parameters()
+    with pytest.raises(validate.ConfigError, match="deepspeed<0.19"):
+        validate.check_hardware(cfg_factory(["trainer=deepspeed"]))
 
 
 @pytest.mark.parametrize("preset", ["fsdp", "deepspeed", "deepspeed_stage3"])

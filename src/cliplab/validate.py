@@ -56,6 +56,16 @@ def check_types(cfg: DictConfig) -> None:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be positive")
 
 
+def deepspeed_handles_scalar_parameters() -> bool:
+    """False for DeepSpeed releases (0.19.8) whose engine broadcasts every parameter as
+    `p.data.view(torch.uint8)`, which raises on 0-dim ones such as `logit_scale`."""
+    import inspect
+
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    return "view(torch.uint8)" not in inspect.getsource(DeepSpeedEngine._broadcast_model)
+
+
 def check_hardware(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     choice = _choice(cfg, "trainer", "the trainer")
@@ -63,8 +73,13 @@ def check_hardware(cfg: DictConfig) -> None:
     wants_gpu = trainer.get("accelerator") in ("gpu", "cuda") or "DeepSpeed" in strategy
     if "DeepSpeed" in strategy and importlib.util.find_spec("deepspeed") is None:
         raise ConfigError(
-            f"trainer={choice} needs DeepSpeed, which is not installed: `pip install --no-build-isolation deepspeed` "
+            f"trainer={choice} needs DeepSpeed, which is not installed: `pip install --no-build-isolation 'deepspeed<0.19'` "
             "(make install does it), or pick trainer=fsdp"
+        )
+    if "DeepSpeed" in strategy and not deepspeed_handles_scalar_parameters():
+        raise ConfigError(
+            f"trainer={choice}: this DeepSpeed release broadcasts parameters as uint8 views and fails on the "
+            "0-dim temperature; install `pip install --no-build-isolation 'deepspeed<0.19'`, or pick trainer=fsdp"
         )
     if wants_gpu and not torch.cuda.is_available():
         raise ConfigError(
