@@ -40,7 +40,9 @@ def run_cliplab(spec: dict, model_cfg: dict) -> dict:
     from cliplab.data.webdataset_source import WebDatasetSource
     from cliplab.lit.module import CLIPModule
     from cliplab.models.interop import load_openclip_state_dict
+    from cliplab.utils.host_memory import keep_freed_memory
 
+    keep_freed_memory()  # what cliplab.pipeline.train does (keep_freed_host_memory: true)
     module = CLIPModule(
         model=model_cfg, loss=compose_group("loss", "clip"), optim=compose_group("optim", "adamw")
     )

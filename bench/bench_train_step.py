@@ -191,6 +191,10 @@ def run_cliplab(spec: dict, model_cfg: dict, batches: list[tuple]) -> dict:
 
     from cliplab.lit.module import CLIPModule
     from cliplab.models.interop import load_openclip_state_dict
+    from cliplab.utils.host_memory import keep_freed_memory
+
+    if not spec.get("return_freed_memory"):  # the memory rows measure live tensors: allocator as set
+        keep_freed_memory()  # what cliplab.pipeline.train does (keep_freed_host_memory: true)
 
     optim = compose_group("optim", spec.get("optim", "adamw"))
     optim.update(spec.get("optim_overrides", {}))

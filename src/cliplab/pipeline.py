@@ -12,6 +12,7 @@ from cliplab.data.shard_lists import NoShardsError
 from cliplab.lit.module import CLIPModule
 from cliplab.sweeps.jobs import start_job
 from cliplab.utils.errors import CliplabError, ConfigError, DataError
+from cliplab.utils.host_memory import keep_freed_memory
 from cliplab.utils.results import final_results, write_results
 from cliplab.utils.wandb_mode import ensure_wandb_mode, finish_wandb
 from cliplab.validate import validate
@@ -111,6 +112,8 @@ def train(cfg: DictConfig) -> dict:
         tokenizer = instantiate(cfg.model.text_tower.tokenizer)
     except Exception as err:  # a tokenizer that cannot load its vocabulary is a setup problem
         raise ConfigError(f"cannot build the tokenizer of model.text_tower: {err}") from err
+    if cfg.get("keep_freed_host_memory", True):
+        keep_freed_memory()  # before the data workers fork: they inherit it
     datamodule = build_datamodule(cfg, tokenizer)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     ensure_wandb_mode()

@@ -1,0 +1,27 @@
+"""Host memory allocator setting for training steps on the CPU.
+
+glibc serves allocations above its mmap threshold (at most 32 MiB, adjusted as the program runs) with
+fresh mappings and unmaps them on free, and trims freed memory off the top of its heap. A training step
+frees and re-allocates the same activation buffers every step, so each step page-faults (and the kernel
+zeroes) them again. Served from the heap and kept there, the buffers are reused once the heap has grown to
+the step's working set (a few steps: torch's aligned allocations cannot take a freed block of exactly their
+size at first). That made CPU steps 8-20 % faster on the tiny model (fp32 and bf16 autocast) at the same
+peak resident memory; the process keeps its peak footprint.
+"""
+
+import contextlib
+import ctypes
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 30) -> bool:
+    """Serve blocks up to `mmap_threshold` bytes from the heap and never trim it below `trim_threshold`.
+    Both are C ints (below 2 GiB). Returns whether the allocator took them (False off glibc: macOS, musl)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(
+            libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)
+        )
+    return False
