@@ -40,16 +40,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--levers",
         nargs="?",
-        const="fused,foreach,compile",
+        const="fused,foreach,compile,recompute",
         default="",
-        help="train_step also with these levers (comma list of fused, foreach, compile; default all)",
+        help="train_step also with these levers (comma list of fused, foreach, compile, recompute; default all)",
     )
     parser.add_argument("--only", default="", help="run only the rows whose name contains this text")
     parser.add_argument("--note", action="append", default=[], help="a line added under the table")
     args = parser.parse_args(argv)
-    bad_levers = {x for x in args.levers.split(",") if x} - {"fused", "foreach", "compile"}
+    bad_levers = {x for x in args.levers.split(",") if x} - {"fused", "foreach", "compile", "recompute"}
     if bad_levers:
-        parser.error(f"unknown levers {sorted(bad_levers)}; choose from fused, foreach, compile")
+        parser.error(f"unknown levers {sorted(bad_levers)}; choose from fused, foreach, compile, recompute")
     unknown = set(args.names) - set(ROWS) - set(SCRIPTS)
     if unknown:
         parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {ROWS + tuple(SCRIPTS)}")

@@ -9,7 +9,7 @@ the first-step loss must agree before any timing counts.
     python -m bench.bench_train_step --quick          # tiny model only, 5 runs per side
     python -m bench.bench_train_step                  # tiny b128 + ViT-B/32 b32, fp32 and bf16
     python -m bench train_step --levers               # also fused / foreach AdamW (cliplab) and compile (both)
-    python -m bench train_step --levers compile       # only the compile rows
+    python -m bench train_step --levers compile       # only the compile rows (also: recompute)
 """
 
 import math
@@ -328,6 +328,7 @@ def cases(device: str, threads: int, quick: bool, state_dir: str, levers: str = 
         "fused": (" +fused AdamW", {"optim_overrides": {"fused": True}}),
         "foreach": (" +foreach AdamW", {"optim_overrides": {"foreach": True}}),
         "compile": (" +compile (both sides)", {"compile": True}),
+        "recompute": (" +selective recompute (cliplab)", {"selective_recompute": True}),
     }
     variants = [("", {})] + [all_levers[x] for x in levers.split(",") if x]
     out, flops, states = [], {}, {}
