@@ -28,6 +28,14 @@ def test_fast_dev_run_writes_config(cfg_factory, emoji_ready, tmp_path):
     assert "${" not in saved, "the saved config must be resolved"
 
 
+def nominal_flops_per_sample(cfg) -> float:
+    from omegaconf import OmegaConf
+
+    from cliplab.utils.flops import train_flops_per_sample
+
+    return train_flops_per_sample(OmegaConf.to_container(cfg.model, resolve=True))
+
+
 def test_run_saves_checkpoints_metrics_and_results(cfg_factory, emoji_ready, tmp_path):
     cfg = cfg_factory([*TINY, "trainer.max_epochs=2"])
     metrics = train(cfg)
@@ -41,6 +49,8 @@ def test_run_saves_checkpoints_metrics_and_results(cfg_factory, emoji_ready, tmp
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["hyper_parameters"]["config"]["model"]["embed_dim"] == cfg.model.embed_dim
     assert state["samples_seen"] == 2 * 4 * 16
+    # emoji captions are far shorter than the context: trimmed batches did less than the nominal FLOPs
+    assert 0 < state["flops_seen"] < metrics["train/samples_seen"] * nominal_flops_per_sample(cfg)
 
 
 def test_resume_continues_exactly(cfg_factory, emoji_ready, tmp_path):
@@ -64,6 +74,7 @@ def test_resume_continues_exactly(cfg_factory, emoji_ready, tmp_path):
     resumed = train(cfg)
     assert resumed["train/loss"] == pytest.approx(straight["train/loss"], rel=1e-5)
     assert resumed["train/samples_seen"] == straight["train/samples_seen"]
+    assert resumed["train/flops_seen"] == pytest.approx(straight["train/flops_seen"], rel=1e-9)
 
 
 def test_feature_cache_training_matches_plain_loss(cfg_factory, emoji_ready):
