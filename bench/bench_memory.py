@@ -2,7 +2,7 @@
 checkpointing, cliplab vs open_clip. Each run is its own process (bench_train_step's worker): the
 kernel's high-water mark is reset after the warm-up step, so the number is the rise over the steady
 state (weights, AdamW state, data) during the measured steps: activations, gradients, temporaries.
-Both sides run with glibc's mmap threshold fixed at 1 MiB (bench_train_step.return_freed_memory): by
+Both sides run with glibc's mmap threshold fixed at 1 MiB (cliplab.utils.host_memory.return_freed_memory): by
 default glibc keeps freed tensors of up to 32 MiB in its heap, so the rise measured how much of the
 warm-up step's memory the allocator happened to keep (the bases differed by ~150 MiB between the sides).
 Without full checkpointing cliplab runs with `selective_recompute=true` (off by default: it is a memory

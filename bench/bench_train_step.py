@@ -280,20 +280,12 @@ def run_open_clip(spec: dict, model_cfg: dict, batches: list[tuple]) -> dict:
     return clock.result(spec["batch"])
 
 
-def return_freed_memory() -> None:
-    """glibc keeps freed tensors below its (self-raising, up to 32 MiB) mmap threshold in the heap, so RSS
-    then reflects earlier steps' allocation pattern rather than live memory. A fixed 1 MiB threshold puts
-    every larger tensor in its own mapping, unmapped on free: the RSS high-water mark tracks live tensors."""
-    import contextlib
-    import ctypes
-
-    M_MMAP_THRESHOLD = -3
-    with contextlib.suppress(OSError):  # not glibc: RSS as the allocator leaves it
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
-
-
 def worker(spec: dict) -> dict:
     if spec.get("return_freed_memory"):
+        # glibc keeps freed tensors below its self-raising (up to 32 MiB) mmap threshold in the heap, so RSS
+        # would reflect earlier steps' allocation pattern rather than live memory.
+        from cliplab.utils.host_memory import return_freed_memory
+
         return_freed_memory()
     torch.set_num_threads(spec["threads"])
     model_cfg = model_config(

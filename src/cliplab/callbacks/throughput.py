@@ -32,7 +32,8 @@ class ClipThroughputMonitor(ThroughputMonitor):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         # Cumulative training compute (the x axis of scaling plots, in W&B too): the FLOPs every batch did
-        # (its text trimmed to its longest caption), summed over the ranks and kept in checkpoints.
+        # (its text trimmed to its longest caption), kept in checkpoints. Other ranks' batches are counted as
+        # this rank's (each trims its own; no collective on the step's path for a logged figure).
         per_batch = getattr(pl_module, "flops_per_batch", None)
         if per_batch and hasattr(pl_module, "flops_seen"):
             pl_module.flops_seen += float(per_batch) * trainer.world_size

@@ -37,6 +37,7 @@ class CLIPModule(pl.LightningModule):
         self.tokenizer = instantiate(tokenizer_cfg) if tokenizer_cfg else None
         self.samples_seen = 0
         self.flops_seen = 0.0  # training FLOPs done so far, all ranks (added up by ClipThroughputMonitor)
+        self._flops_cache: dict[int | None, float | None] = {}  # FLOPs per sample by text length
         self._sharded = self._compiled = False
         # Feature-cache accumulation runs its own forward/backward passes: manual optimization.
         self.automatic_optimization = not isinstance(self.loss_fn, FeatureCacheLoss)
@@ -67,7 +68,7 @@ class CLIPModule(pl.LightningModule):
 
     def _flops_at(self, text_length: int | None) -> float | None:
         """FLOPs per sample with `text_length` tokens (None: the full context), counted once per length."""
-        cache = self.__dict__.setdefault("_flops_cache", {})
+        cache = self._flops_cache
         if text_length not in cache:
             from cliplab.utils.flops import train_flops_per_sample
 

@@ -16,12 +16,20 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
 
+def _mallopt(param: int, value: int) -> bool:
+    """glibc's mallopt; False where the allocator is not glibc's (macOS, musl) or refuses the value."""
+    with contextlib.suppress(OSError, AttributeError):
+        return bool(ctypes.CDLL("libc.so.6").mallopt(param, value))
+    return False
+
+
 def keep_freed_memory(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 30) -> bool:
     """Serve blocks up to `mmap_threshold` bytes from the heap and never trim it below `trim_threshold`.
-    Both are C ints (below 2 GiB). Returns whether the allocator took them (False off glibc: macOS, musl)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(
-            libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)
-        )
-    return False
+    Both are C ints (below 2 GiB). Returns whether the allocator took them."""
+    return _mallopt(M_MMAP_THRESHOLD, mmap_threshold) and _mallopt(M_TRIM_THRESHOLD, trim_threshold)
+
+
+def return_freed_memory(mmap_threshold: int = 1 << 20) -> bool:
+    """The opposite, for measuring memory: every block above `mmap_threshold` gets its own mapping, unmapped
+    on free, so the resident high-water mark tracks live tensors rather than what the heap kept."""
+    return _mallopt(M_MMAP_THRESHOLD, mmap_threshold)
