@@ -18,6 +18,7 @@ from timm.models import group_parameters
 from timm.models._registry import model_entrypoint
 from torch import nn
 
+from cliplab.models.layers import QuickGELU
 from cliplab.models.recompute import use_selective_recompute
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,8 @@ class TimmImageTower(nn.Module):
         kwargs = dict(timm_kwargs)
         if image_size is not None and family in ("vit", "byob"):
             kwargs["img_size"] = image_size
-        if act is not None:
-            kwargs["act_layer"] = act
+        if act is not None:  # ours for QuickGELU (fewer memory passes than timm's); same module name, no weights
+            kwargs["act_layer"] = QuickGELU if act == "quick_gelu" else act
         if patch_dropout:
             if family != "vit":
                 raise ValueError(f"patch_dropout needs a ViT, {model_name} is not one")

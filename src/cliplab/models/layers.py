@@ -15,11 +15,40 @@ from torch.utils.checkpoint import checkpoint
 from cliplab.models.recompute import selective_checkpoint
 
 
+_QUICK_GELU_SCALE = 1.702
+
+
+class _QuickGELUFunction(torch.autograd.Function):
+    """`x * sigmoid(a x)` written as `silu(a x) / a`, with `d/dx = silu'(a x)` (the two factors of a cancel).
+
+    Elementwise ops are memory-bound: the plain expression costs three passes forward and about five in
+    backward (each mul's grad, sigmoid's grad, the sum), saving two tensors. This costs three passes forward,
+    one fused `silu_backward` pass in backward, and saves one tensor (`a x`).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        scaled = x * _QUICK_GELU_SCALE
+        ctx.save_for_backward(scaled)
+        return F.silu(scaled).div_(_QUICK_GELU_SCALE)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (scaled,) = ctx.saved_tensors
+        return torch.ops.aten.silu_backward(grad, scaled)
+
+
 class QuickGELU(nn.Module):
-    """`x * sigmoid(1.702 x)`: the GELU approximation OpenAI's CLIP weights were trained with."""
+    """`x * sigmoid(1.702 x)`: the GELU approximation OpenAI's CLIP weights were trained with.
+
+    `inplace` is accepted (and ignored) so timm can build it as its `act_layer`.
+    """
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        return _QuickGELUFunction.apply(x)
 
 
 def make_activation(name: str) -> nn.Module:
