@@ -94,7 +94,9 @@ class TimmImageTower(nn.Module):
         kwargs = dict(timm_kwargs)
         if image_size is not None and family in ("vit", "byob"):
             kwargs["img_size"] = image_size
-        if act is not None:  # ours for QuickGELU (fewer memory passes than timm's); same module name, no weights
+        if (
+            act is not None
+        ):  # ours for QuickGELU (fewer memory passes than timm's); same module name, no weights
             kwargs["act_layer"] = QuickGELU if act == "quick_gelu" else act
         if patch_dropout:
             if family != "vit":

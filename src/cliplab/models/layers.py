@@ -14,7 +14,6 @@ from torch.utils.checkpoint import checkpoint
 
 from cliplab.models.recompute import selective_checkpoint
 
-
 _QUICK_GELU_SCALE = 1.702
 
 
