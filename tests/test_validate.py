@@ -15,6 +15,10 @@ def test_default_config_is_valid(cfg_factory):
     check(cfg_factory, [])
 
 
+def test_chunked_checkpointing_config_is_valid(cfg_factory):
+    check(cfg_factory, ["model.image_tower.grad_checkpointing=true", "model.image_tower.checkpoint_chunks=4"])
+
+
 @pytest.mark.parametrize(
     "overrides, fragment",
     [
@@ -28,6 +32,8 @@ def test_default_config_is_valid(cfg_factory):
             "divide across 3",
         ),
         (["loss=siglip"], "model.init_logit_bias"),
+        (["model.image_tower.checkpoint_chunks=4"], "model.image_tower.grad_checkpointing=true"),
+        (["model.text_tower.checkpoint_chunks=0"], "must be a positive integer"),
     ],
 )
 def test_bad_config_is_one_clear_line(cfg_factory, overrides, fragment):

@@ -134,9 +134,24 @@ def check_loss(cfg: DictConfig) -> None:
         )
 
 
+def check_towers(cfg: DictConfig) -> None:
+    for tower in ("image_tower", "text_tower"):
+        node = cfg.model.get(tower) or {}
+        chunks = node.get("checkpoint_chunks", 1)
+        key = f"model.{tower}.checkpoint_chunks"
+        if isinstance(chunks, bool) or not isinstance(chunks, numbers.Integral) or chunks < 1:
+            raise ConfigError(f"{key}={chunks!r} must be a positive integer (1: recompute whole batches)")
+        if chunks > 1 and not node.get("grad_checkpointing"):
+            raise ConfigError(
+                f"{key}={chunks} slices the recomputation of activation checkpointing: "
+                f"also set model.{tower}.grad_checkpointing=true"
+            )
+
+
 def validate(cfg: DictConfig) -> None:
     """All rules that need no data and no model; raises ConfigError with the first problem found."""
     check_types(cfg)
+    check_towers(cfg)
     check_loss(cfg)
     check_batch(cfg)
     check_hardware(cfg)

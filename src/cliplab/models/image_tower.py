@@ -19,7 +19,11 @@ from timm.models._registry import model_entrypoint
 from torch import nn
 
 from cliplab.models.layers import QuickGELU
-from cliplab.models.recompute import use_selective_recompute
+from cliplab.models.recompute import (
+    ChunkedCheckpointSequential,
+    use_chunked_checkpointing,
+    use_selective_recompute,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,9 @@ class TimmImageTower(nn.Module):
         grad_checkpointing: start with activation checkpointing on.
         selective_recompute: ViTs recompute norms and GELUs in backward instead of storing them (about a
             third less activation memory, identical gradients; see `cliplab.models.recompute`).
+        checkpoint_chunks: with `grad_checkpointing`, ViT blocks are recomputed over this many slices of the
+            batch in turn, so a recomputed block's activations shrink by that factor (ViTs only: BatchNorm
+            statistics would change with the slice).
         layers: block count per stage for ByobNet models (e.g. `[1, 1, 1, 1]` for a tiny CLIP ResNet).
         width: transformer width of a ViT (timm's `embed_dim`, renamed because ours is the output size).
         **timm_kwargs: passed to `timm.create_model` (e.g. `depth`, `num_heads` for ViTs,
@@ -82,6 +89,7 @@ class TimmImageTower(nn.Module):
         act: str | None = None,
         grad_checkpointing: bool = False,
         selective_recompute: bool = False,
+        checkpoint_chunks: int = 1,
         layers: list[int] | None = None,
         width: int | None = None,
         **timm_kwargs,
@@ -108,6 +116,9 @@ class TimmImageTower(nn.Module):
             kwargs["embed_dim"] = width  # timm's name for the transformer width
         if layers is not None:
             kwargs["blocks"] = _byob_blocks_with_depths(model_name, layers)
+        if checkpoint_chunks > 1 and family != "vit":
+            raise ValueError(f"checkpoint_chunks needs a ViT (per-sample blocks); {model_name} is not one")
+        self.checkpoint_chunks = checkpoint_chunks
 
         own_attn_head = family == "byob" and _byob_head_type(model_name) in ("attn_abs", "attn_rot")
         if proj is None:
@@ -155,7 +166,7 @@ class TimmImageTower(nn.Module):
 
             load_image_tower_checkpoint(self, checkpoint_path)
         self.set_grad_checkpointing(grad_checkpointing)
-        # Full checkpointing (timm's checkpoint_seq) bypasses the blocks' forward, so it takes precedence.
+        # Full checkpointing (timm's checkpoint_seq, or our chunked blocks) takes precedence.
         if family == "vit" and isinstance(getattr(self.trunk, "blocks", None), nn.Sequential):
             use_selective_recompute(self.trunk.blocks, selective_recompute)
 
@@ -207,7 +218,10 @@ class TimmImageTower(nn.Module):
         return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.trunk.set_grad_checkpointing(enable)
+        chunked = enable and self.checkpoint_chunks > 1  # ours, in place of timm's checkpoint_seq
+        self.trunk.set_grad_checkpointing(enable and not chunked)
+        if chunked or type(getattr(self.trunk, "blocks", None)) is ChunkedCheckpointSequential:
+            use_chunked_checkpointing(self.trunk.blocks, self.checkpoint_chunks if chunked else 1)
 
     def no_weight_decay(self) -> set[str]:
         names = set()

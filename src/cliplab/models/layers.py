@@ -10,9 +10,8 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from cliplab.models.recompute import selective_checkpoint
+from cliplab.models.recompute import chunked_checkpoint, selective_checkpoint
 
 _QUICK_GELU_SCALE = 1.702
 
@@ -126,6 +125,7 @@ class Transformer(nn.Module):
         self.width = width
         self.layers = layers
         self.grad_checkpointing = False  # full: keep block inputs only, rerun whole blocks
+        self.checkpoint_chunks = 1  # with grad_checkpointing: rerun each block over this many batch slices
         self.selective_recompute = False  # keep matmul outputs, rerun norms/GELU (cliplab.models.recompute)
         self.resblocks = nn.ModuleList(
             ResidualAttentionBlock(width, heads, mlp_ratio, act) for _ in range(layers)
@@ -136,7 +136,9 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         for block in self.resblocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, is_causal, attn_mask, use_reentrant=False)
+                # A per-sample mask would need slicing too: those run as one chunk.
+                chunks = self.checkpoint_chunks if attn_mask is None or attn_mask.dim() == 2 else 1
+                x = chunked_checkpoint(block, x, is_causal, attn_mask, chunks=chunks)
             elif self.selective_recompute and torch.is_grad_enabled():
                 x = selective_checkpoint(block, x, is_causal, attn_mask)
             else:

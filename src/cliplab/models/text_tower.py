@@ -44,6 +44,7 @@ class CLIPTextTower(nn.Module):
         tokenizer=None,  # the data pipeline's tokenizer config rides along in the tower's config; unused here
         grad_checkpointing: bool = False,
         selective_recompute: bool = False,
+        checkpoint_chunks: int = 1,
     ):
         super().__init__()
         self.output_dim = embed_dim
@@ -61,6 +62,8 @@ class CLIPTextTower(nn.Module):
         self.set_grad_checkpointing(grad_checkpointing)
         # Off by default: less activation memory, but per-op dispatch overhead (slower steps, see recompute.py).
         self.transformer.selective_recompute = selective_recompute
+        # With grad_checkpointing: blocks rerun over this many batch slices (cliplab.models.recompute).
+        self.transformer.checkpoint_chunks = checkpoint_chunks
 
     def init_parameters(self) -> None:
         nn.init.normal_(self.token_embedding.weight, std=0.02)
