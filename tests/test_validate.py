@@ -34,6 +34,14 @@ def test_chunked_checkpointing_config_is_valid(cfg_factory):
         (["loss=siglip"], "model.init_logit_bias"),
         (["model.image_tower.checkpoint_chunks=4"], "model.image_tower.grad_checkpointing=true"),
         (["model.text_tower.checkpoint_chunks=0"], "must be a positive integer"),
+        (
+            [
+                "trainer=fsdp",
+                "model.text_tower.grad_checkpointing=true",
+                "model.text_tower.checkpoint_chunks=2",
+            ],
+            "not supported with sharded blocks",
+        ),
     ],
 )
 def test_bad_config_is_one_clear_line(cfg_factory, overrides, fragment):

@@ -146,6 +146,19 @@ def check_towers(cfg: DictConfig) -> None:
                 f"{key}={chunks} slices the recomputation of activation checkpointing: "
                 f"also set model.{tower}.grad_checkpointing=true"
             )
+        if chunks > 1 and _shards_blocks(cfg):
+            # Each slice would gather a sharded block's weights again; not built or tested.
+            trainer = _choice(cfg, "trainer", "?")
+            raise ConfigError(
+                f"{key}={chunks} is not supported with sharded blocks (trainer={trainer}); use 1"
+            )
+
+
+def _shards_blocks(cfg: DictConfig) -> bool:
+    """FSDP (any) or DeepSpeed ZeRO-3: strategies that gather each block's parameters when it runs."""
+    strategy, target = cfg.trainer.get("strategy"), _strategy_target(cfg).lower()
+    stage = strategy.get("stage") if isinstance(strategy, DictConfig) else None
+    return "fsdp" in target or "stage_3" in target or stage == 3
 
 
 def validate(cfg: DictConfig) -> None:
