@@ -1,9 +1,17 @@
 """Throughput, training FLOPs and MFU logging (Lightning's ThroughputMonitor with CLIP batches)."""
 
+import math
+import time
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from lightning_fabric.utilities.throughput import Throughput
 from pytorch_lightning.callbacks import ThroughputMonitor
+from pytorch_lightning.trainer.states import RunningStage, TrainerFn
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from cliplab.lit.log_steps import is_logging_step
 
 
 def clip_batch_size(batch: Any) -> int:
@@ -16,25 +24,96 @@ class ClipThroughputMonitor(ThroughputMonitor):
     FLOPs come from the module's `flops_per_batch`. Lightning knows the peak FLOP/s of common GPUs;
     for CPUs (or to override) give `peak_flops` (FLOP/s per device, e.g. from `make bench`'s matmul
     peak) so MFU is reported there too.
+
+    Training throughput is measured on logging steps only (`trainer.log_every_n_steps`): timing a step means
+    waiting for the GPU (Lightning's monitor calls `torch.cuda.synchronize()` after every batch), so the batches
+    in between are only counted on the host, and each measurement covers every batch (samples, FLOPs) since the
+    previous one. `window_size` counts batches, as in Lightning (rates over the last `window_size - 1` of them):
+    rates average over at least that many, rounded up to whole logging intervals, so they first appear on the
+    second logging step at the earliest. Validation is timed every batch, as in Lightning.
     """
 
     def __init__(self, peak_flops: float | None = None, window_size: int = 20, **kwargs: Any):
         super().__init__(batch_size_fn=clip_batch_size, window_size=window_size, **kwargs)
         self.peak_flops = peak_flops
+        self._reset_pending()
+        # A CPU scalar refilled each batch: a Python number would become a new device tensor every batch in
+        # `self.log` (a host-to-device copy that waits for the GPU); loggers read a CPU tensor without waiting.
+        self._flops_seen_value = torch.zeros(())
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        if stage == TrainerFn.FITTING:
+            # Throughput's window counts updates, one per logging interval here: keep its span in batches.
+            every = max(1, trainer.log_every_n_steps)
+            intervals = max(1, math.ceil((self.kwargs["window_size"] - 1) / every))
+            self._throughputs[RunningStage.TRAINING] = Throughput(
+                available_flops=self.available_flops,
+                world_size=trainer.world_size,
+                **{**self.kwargs, "window_size": intervals + 1},
+            )
         if self.peak_flops is not None:
             self.available_flops = self.peak_flops
             for throughput in self._throughputs.values():
                 throughput.available_flops = self.peak_flops  # per device, as Throughput expects
 
+    def _reset_pending(self) -> None:
+        # Training batches done since the last Throughput update (this rank); flops None if one had no count.
+        self._pending_batches = self._pending_samples = self._pending_lengths = 0
+        self._pending_flops: float | None = 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_start(trainer, *args)
+        self._reset_pending()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # Replaces Lightning's hook, which synchronises with the GPU after every batch. Every batch: host only.
+        per_batch = getattr(pl_module, "flops_per_batch", None)
         # Cumulative training compute (the x axis of scaling plots, in W&B too): the FLOPs every batch did
         # (its text trimmed to its longest caption), kept in checkpoints. Other ranks' batches are counted as
         # this rank's (each trims its own; no collective on the step's path for a logged figure).
-        per_batch = getattr(pl_module, "flops_per_batch", None)
         if per_batch and hasattr(pl_module, "flops_seen"):
             pl_module.flops_seen += float(per_batch) * trainer.world_size
-            pl_module.log("train/flops_seen", pl_module.flops_seen, rank_zero_only=True)
+            value = self._flops_seen_value.fill_(pl_module.flops_seen)
+            pl_module.log("train/flops_seen", value, rank_zero_only=True)
+        if not trainer.is_global_zero:  # Lightning's monitor measures on rank 0 only
+            return
+        self._pending_batches += 1
+        self._pending_samples += self.batch_size_fn(batch)
+        if self.length_fn is not None:
+            self._pending_lengths += self.length_fn(batch)
+        if per_batch is None or self._pending_flops is None:
+            self._pending_flops = None
+        else:
+            self._pending_flops += per_batch
+        if is_logging_step(trainer):
+            self._update_training(trainer)
+            self._compute(trainer)
+
+    def _update_training(self, trainer: pl.Trainer) -> None:
+        """One Throughput update for the training batches since the last one (Lightning's `_update`, batched)."""
+        if not self._pending_batches:
+            return
+        stage = RunningStage.TRAINING
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()  # the clock must see the queued work done (as Lightning does every batch)
+        elapsed = time.perf_counter() - self._t0s[stage]
+        self._batches[stage] += self._pending_batches
+        self._samples[stage] += self._pending_samples
+        self._lengths[stage] += self._pending_lengths
+        self._throughputs[stage].update(
+            time=elapsed,
+            batches=self._batches[stage],
+            samples=self._samples[stage],
+            lengths=None if self.length_fn is None else self._lengths[stage],
+            flops=self._pending_flops,  # per device, done since the last update: what Throughput expects
+        )
+        self._reset_pending()
+
+    @rank_zero_only
+    def on_validation_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        # Lightning's on_validation_end takes the time since the last training update out of training time:
+        # the batches since then must be measured first, or their time would be dropped and their work kept.
+        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
+            self._update_training(trainer)
+        super().on_validation_start(trainer, *args)

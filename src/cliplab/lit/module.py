@@ -37,6 +37,9 @@ class CLIPModule(pl.LightningModule):
         self.tokenizer = instantiate(tokenizer_cfg) if tokenizer_cfg else None
         self.samples_seen = 0
         self.flops_seen = 0.0  # training FLOPs done so far, all ranks (added up by ClipThroughputMonitor)
+        # A CPU scalar refilled each step: a Python number would become a new device tensor every step in
+        # `self.log` (a host-to-device copy that waits for the GPU); loggers read a CPU tensor without waiting.
+        self._samples_seen_value = torch.zeros(())
         self._flops_cache: dict[int | None, float | None] = {}  # FLOPs per sample by text length
         self._sharded = self._compiled = False
         # Feature-cache accumulation runs its own forward/backward passes: manual optimization.
@@ -137,9 +140,11 @@ class CLIPModule(pl.LightningModule):
         else:
             loss, out = self._feature_cache_step(batch)
         self.samples_seen += batch[0].shape[0] * self.trainer.world_size
-        self.log("train/loss", loss, prog_bar=True)
+        # No `prog_bar`: Lightning would call `.item()` on it after every batch (a wait for the GPU); the
+        # default progress bar (cliplab.callbacks.progress.ClipProgressBar) shows it as of logging steps.
+        self.log("train/loss", loss)
         self.log("train/logit_scale", out["logit_scale"].detach())
-        self.log("train/samples_seen", float(self.samples_seen))
+        self.log("train/samples_seen", self._samples_seen_value.fill_(self.samples_seen))
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
