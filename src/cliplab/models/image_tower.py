@@ -19,11 +19,7 @@ from timm.models._registry import model_entrypoint
 from torch import nn
 
 from cliplab.models.layers import QuickGELU
-from cliplab.models.recompute import (
-    ChunkedCheckpointSequential,
-    use_chunked_checkpointing,
-    use_selective_recompute,
-)
+from cliplab.models.recompute import use_chunked_checkpointing, use_selective_recompute
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +98,8 @@ class TimmImageTower(nn.Module):
         kwargs = dict(timm_kwargs)
         if image_size is not None and family in ("vit", "byob"):
             kwargs["img_size"] = image_size
-        if (
-            act is not None
-        ):  # ours for QuickGELU (fewer memory passes than timm's); same module name, no weights
+        if act is not None:
+            # Ours for QuickGELU (fewer memory passes than timm's); same module name, no weights.
             kwargs["act_layer"] = QuickGELU if act == "quick_gelu" else act
         if patch_dropout:
             if family != "vit":
@@ -220,8 +215,9 @@ class TimmImageTower(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         chunked = enable and self.checkpoint_chunks > 1  # ours, in place of timm's checkpoint_seq
         self.trunk.set_grad_checkpointing(enable and not chunked)
-        if chunked or type(getattr(self.trunk, "blocks", None)) is ChunkedCheckpointSequential:
-            use_chunked_checkpointing(self.trunk.blocks, self.checkpoint_chunks if chunked else 1)
+        blocks = getattr(self.trunk, "blocks", None)
+        if isinstance(blocks, nn.Sequential):  # chunks > 1 only for ViTs; 1 restores chunked blocks, if any
+            use_chunked_checkpointing(blocks, self.checkpoint_chunks if chunked else 1)
 
     def no_weight_decay(self) -> set[str]:
         names = set()
