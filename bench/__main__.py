@@ -13,6 +13,7 @@ import tempfile
 import torch
 
 from bench import harness
+from bench.bench_train_step import LEVERS
 
 ROWS = ("train_step", "end_to_end", "memory")
 SCRIPTS = {
@@ -40,16 +41,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--levers",
         nargs="?",
-        const="fused,foreach,compile,recompute",
+        const=",".join(LEVERS),
         default="",
-        help="train_step also with these levers (comma list of fused, foreach, compile, recompute; default all)",
+        help=f"train_step also with these levers (comma list of {', '.join(LEVERS)}; default all)",
     )
     parser.add_argument("--only", default="", help="run only the rows whose name contains this text")
     parser.add_argument("--note", action="append", default=[], help="a line added under the table")
     args = parser.parse_args(argv)
-    bad_levers = {x for x in args.levers.split(",") if x} - {"fused", "foreach", "compile", "recompute"}
+    bad_levers = {x for x in args.levers.split(",") if x} - set(LEVERS)
     if bad_levers:
-        parser.error(f"unknown levers {sorted(bad_levers)}; choose from fused, foreach, compile, recompute")
+        parser.error(f"unknown levers {sorted(bad_levers)}; choose from {', '.join(LEVERS)}")
     unknown = set(args.names) - set(ROWS) - set(SCRIPTS)
     if unknown:
         parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {ROWS + tuple(SCRIPTS)}")

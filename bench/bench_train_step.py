@@ -9,7 +9,7 @@ the first-step loss must agree before any timing counts.
     python -m bench.bench_train_step --quick          # tiny model only, 5 runs per side
     python -m bench.bench_train_step                  # tiny b128 + ViT-B/32 b32, fp32 and bf16
     python -m bench train_step --levers               # also fused / foreach AdamW (cliplab) and compile (both)
-    python -m bench train_step --levers compile       # only the compile rows (also: recompute)
+    python -m bench train_step --levers compile       # only the compile rows (also: recompute, nchw)
 """
 
 import math
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+LEVERS = ("fused", "foreach", "compile", "recompute", "nchw")  # extra rows of `--levers` (see `cases`)
 EOT_TOKEN = 49407
 
 
@@ -41,6 +42,7 @@ def model_config(
     grad_checkpointing: bool = False,
     selective_recompute: bool | None = None,
     checkpoint_chunks: int | None = None,
+    channels_last: bool | None = None,
 ) -> dict:
     cfg = compose_group("model", name)
     # open_clip's CLIP ViT pools at the class token (the default tiny model mean-pools): the benchmark
@@ -53,6 +55,8 @@ def model_config(
             cfg[tower]["selective_recompute"] = selective_recompute
         if checkpoint_chunks is not None:  # cliplab-only too: recompute checkpointed blocks in batch slices
             cfg[tower]["checkpoint_chunks"] = checkpoint_chunks
+    if channels_last is not None:  # cliplab-only: NHWC convolutions (the CLIP ResNet configs' default)
+        cfg["image_tower"]["channels_last"] = channels_last
     return cfg
 
 
@@ -298,6 +302,7 @@ def worker(spec: dict) -> dict:
         spec.get("grad_checkpointing", False),
         spec.get("selective_recompute"),
         spec.get("checkpoint_chunks"),
+        spec.get("channels_last"),
     )
     batches = make_batches(model_cfg, spec["batch"], spec.get("distinct_batches", 2), seed=spec["seed"])
     if spec["device"].startswith("cuda"):  # data in memory means in device memory: no copy in the step
@@ -324,12 +329,18 @@ def cases(device: str, threads: int, quick: bool, state_dir: str, levers: str = 
             # two warm-up steps: the heap reaches the step's working set in two (host_memory)
             ("vit_b32", 32, "fp32", 2, 3),
             ("vit_b32", 32, "bf16", 2, 3),
+            # CLIP ResNets (timm's resnet50_clip vs open_clip's ModifiedResNet): channels-last convolutions
+            ("tiny_rn", 128, "fp32", 2, 8),
+            ("tiny_rn", 128, "bf16", 2, 8),
+            ("rn50", 16, "fp32", 2, 3),
+            ("rn50", 16, "bf16", 2, 3),
         ]
     all_levers = {
         "fused": (" +fused AdamW", {"optim_overrides": {"fused": True}}),
         "foreach": (" +foreach AdamW", {"optim_overrides": {"foreach": True}}),
         "compile": (" +compile (both sides)", {"compile": True}),
         "recompute": (" +selective recompute (cliplab)", {"selective_recompute": True}),
+        "nchw": (" (cliplab: channels_last=false)", {"channels_last": False}),
     }
     variants = [("", {})] + [all_levers[x] for x in levers.split(",") if x]
     out, flops, states = [], {}, {}
@@ -339,6 +350,8 @@ def cases(device: str, threads: int, quick: bool, state_dir: str, levers: str = 
             states[name] = write_reference_state(model_cfg, os.path.join(state_dir, f"{name}.safetensors"))
             flops[name] = train_flops_per_sample(model_cfg)
         for suffix, extra in variants:
+            if "channels_last" in extra and not model_cfg["image_tower"].get("channels_last"):
+                continue  # the lever only exists for convolutional towers
             spec = dict(
                 model=name,
                 batch=batch,

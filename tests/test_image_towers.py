@@ -130,3 +130,42 @@ def test_generic_timm_model_pool_and_proj(pool, proj):
     out = tower(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, tower.output_dim)
     assert tower.output_dim == (512 if proj == "none" else 16)
+
+
+def _conv_weights(tower: nn.Module) -> list[torch.Tensor]:
+    return [p for p in tower.parameters() if p.dim() == 4]
+
+
+def test_channels_last_changes_strides_not_results():
+    """NHWC weights and inputs: same keys, same values, same outputs and gradients as the NCHW tower."""
+    images = torch.randn(4, 3, 64, 64)
+    towers = [small_rn(), small_rn(channels_last=True)]
+    assert towers[0].state_dict().keys() == towers[1].state_dict().keys()
+    weights = _conv_weights(towers[1])
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert not all(w.is_contiguous() for w in weights)  # really another layout (not only 1x1 kernels)
+    outs, grads = [], []
+    for tower in towers:
+        out = tower.train()(images)
+        out.square().sum().backward()
+        outs.append(out)
+        grads.append(torch.cat([p.grad.flatten() for p in tower.parameters()]))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
+    assert all(w.grad.is_contiguous(memory_format=torch.channels_last) for w in weights)
+
+
+def test_channels_last_survives_loading_a_contiguous_state_dict():
+    tower = small_rn(channels_last=True)
+    source = small_rn()
+    for p in source.parameters():
+        p.data.add_(1.0)
+    tower.load_state_dict(source.state_dict())
+    for (name, ours), theirs in zip(tower.state_dict().items(), source.state_dict().values()):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=name)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(tower))
+
+
+def test_channels_last_is_refused_for_vits():
+    with pytest.raises(ValueError, match="channels_last applies to convolutional towers"):
+        small_vit(channels_last=True)

@@ -11,12 +11,25 @@ from cliplab.lit.param_groups import param_groups
 from cliplab.lit.sharding import FSDP2Strategy, mixed_precision_policy, shard_model
 
 
-def _tiny_clip():
+def _tiny_clip(image_tower: dict | None = None):
     import _mp_train_script as script
     from hydra.utils import instantiate as build
 
     torch.manual_seed(0)
-    return build(script.MODEL, _convert_="object")
+    return build(
+        {**script.MODEL, **({"image_tower": image_tower} if image_tower else {})}, _convert_="object"
+    )
+
+
+CHANNELS_LAST_RN = {  # a small CLIP ResNet in NHWC memory order (the rn* configs' default)
+    "_target_": "cliplab.models.image_tower.TimmImageTower",
+    "model_name": "resnet50_clip",
+    "embed_dim": 32,
+    "image_size": 32,
+    "layers": [1, 1, 1, 1],
+    "width_factor": 0.25,
+    "channels_last": True,
+}
 
 
 @pytest.fixture
@@ -69,6 +82,22 @@ def test_weight_decay_groups_and_clamp_on_sharded_params(single_process_group):
     assert float(model.logit_scale.detach()) <= math.log(100) + 1e-6
 
 
+def test_sharded_channels_last_resnet_matches_unsharded(single_process_group):
+    """FSDP2 reassembles NHWC weights from flat shards: outputs and gradients must not change."""
+    reference, model = _tiny_clip(CHANNELS_LAST_RN), _tiny_clip(CHANNELS_LAST_RN)
+    shard_model(model, single_process_group)
+    images, tokens = torch.randn(4, 3, 32, 32), torch.randint(1, 999, (4, 16))
+    for m in (reference, model):
+        out = m(images, tokens)
+        (out["image_features"].square().sum() + out["text_features"].sum()).backward()
+    torch.testing.assert_close(
+        model(images, tokens)["image_features"], reference(images, tokens)["image_features"]
+    )
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+        torch.testing.assert_close(grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_mixed_precision_policy_from_config():
     policy = mixed_precision_policy(param_dtype="bfloat16", reduce_dtype="float32")
     assert policy.param_dtype is torch.bfloat16 and policy.reduce_dtype is torch.float32
@@ -84,6 +113,27 @@ def test_fsdp_preset_builds_fsdp2_strategy(cfg_factory):
     assert isinstance(strategy, FSDP2Strategy)
     assert strategy.fsdp_kwargs["mp_policy"].param_dtype is torch.bfloat16
     assert strategy.fsdp_kwargs["reshard_after_forward"] is True
+
+
+@pytest.mark.parametrize("preset", ["deepspeed", "deepspeed_stage3"])
+def test_deepspeed_gets_contiguous_weights_of_channels_last_towers(cfg_factory, preset):
+    """ZeRO views parameters flat: the model it is handed holds NCHW weights; single-device runs keep NHWC."""
+    pytest.importorskip("deepspeed")
+    from types import SimpleNamespace
+
+    from cliplab.pipeline import build_module
+
+    weights = {}
+    for name in (preset, "cpu"):
+        cfg = cfg_factory([f"trainer={name}", "model=tiny_rn"])
+        module = build_module(cfg)
+        module._trainer = (
+            SimpleNamespace(strategy=instantiate(cfg.trainer.strategy)) if name != "cpu" else None
+        )
+        module.configure_model()
+        weights[name] = [p for p in module.model.visual.parameters() if p.dim() == 4]
+    assert all(w.is_contiguous() for w in weights[preset])
+    assert not all(w.is_contiguous() for w in weights["cpu"])
 
 
 def test_ddp_cpu_preset_is_two_gloo_processes(cfg_factory):

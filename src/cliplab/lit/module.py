@@ -57,11 +57,18 @@ class CLIPModule(pl.LightningModule):
             options = getattr(getattr(self._trainer, "strategy", None), "fsdp_kwargs", {})
             shard_model(self.model, self.device_mesh, **options)
             self._sharded = True
+        if self._uses_deepspeed():
+            # ZeRO flattens parameters into contiguous buffers (and views them flat): NHWC weights of
+            # channels_last towers go back to NCHW; the towers' inputs stay NHWC.
+            self.model.to(memory_format=torch.contiguous_format)
         if self.hparams.compile and not self._compiled:
             # Compile the towers, not the CLIP module, so state-dict keys keep no `_orig_mod.` prefix.
             for tower in (self.model.visual, self.model.text):
                 tower.compile()
             self._compiled = True
+
+    def _uses_deepspeed(self) -> bool:
+        return "DeepSpeed" in type(getattr(self._trainer, "strategy", None)).__name__
 
     @property
     def flops_per_sample(self) -> float | None:
@@ -165,8 +172,7 @@ class CLIPModule(pl.LightningModule):
         weight_decay = optim_cfg.pop("weight_decay", 0.0)
         groups = param_groups(self, weight_decay)
         # DeepSpeed wraps the optimizer around its own flat partitions: leave its choice alone.
-        deepspeed = "DeepSpeed" in type(getattr(self._trainer, "strategy", None)).__name__
-        if not deepspeed and _fusable(optim_cfg, groups):
+        if not self._uses_deepspeed() and _fusable(optim_cfg, groups):
             # One kernel per step instead of ~10 passes over every parameter (the 49408-row token
             # embedding dominates); measured 4x faster on CPU. An explicit fused/foreach in the config wins.
             optim_cfg["fused"] = True

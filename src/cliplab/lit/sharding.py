@@ -77,6 +77,9 @@ def shard_model(
     # whose gradients are averaged here, as DDP would.
     scalars = {param for param in model.parameters() if param.ndim == 0}
     _average_grads_across(scalars, mesh)
+    # FSDP2 shards contiguous storage only: NHWC weights of channels_last towers go back to NCHW. Their
+    # inputs stay NHWC, so the convolutions still run channels-last (the weights are reordered per call).
+    model.to(memory_format=torch.contiguous_format)
 
     for tower in _towers(model):
         classes = tuple(tower.block_classes()) if hasattr(tower, "block_classes") else ()

@@ -66,6 +66,9 @@ class TimmImageTower(nn.Module):
         checkpoint_chunks: with `grad_checkpointing`, ViT blocks are recomputed over this many slices of the
             batch in turn, so a recomputed block's activations shrink by that factor (ViTs only: BatchNorm
             statistics would change with the slice).
+        channels_last: keep convolutional towers' weights and inputs in NHWC (channels-last) memory order,
+            which oneDNN (CPU) and cuDNN (tensor cores) convolve without reordering; same keys and values,
+            only strides differ. Not for ViTs (one patch convolution, nothing to gain).
         layers: block count per stage for ByobNet models (e.g. `[1, 1, 1, 1]` for a tiny CLIP ResNet).
         width: transformer width of a ViT (timm's `embed_dim`, renamed because ours is the output size).
         **timm_kwargs: passed to `timm.create_model` (e.g. `depth`, `num_heads` for ViTs,
@@ -86,6 +89,7 @@ class TimmImageTower(nn.Module):
         grad_checkpointing: bool = False,
         selective_recompute: bool = False,
         checkpoint_chunks: int = 1,
+        channels_last: bool = False,
         layers: list[int] | None = None,
         width: int | None = None,
         **timm_kwargs,
@@ -114,6 +118,9 @@ class TimmImageTower(nn.Module):
         if checkpoint_chunks > 1 and family != "vit":
             raise ValueError(f"checkpoint_chunks needs a ViT (per-sample blocks); {model_name} is not one")
         self.checkpoint_chunks = checkpoint_chunks
+        if channels_last and family == "vit":
+            raise ValueError(f"channels_last applies to convolutional towers; {model_name} is a ViT")
+        self.channels_last = channels_last
 
         own_attn_head = family == "byob" and _byob_head_type(model_name) in ("attn_abs", "attn_rot")
         if proj is None:
@@ -160,12 +167,16 @@ class TimmImageTower(nn.Module):
             from cliplab.models.interop.image_weights import load_image_tower_checkpoint
 
             load_image_tower_checkpoint(self, checkpoint_path)
+        if channels_last:  # 4-D weights only; `.to(device)` and `to_empty` keep the strides
+            self.to(memory_format=torch.channels_last)
         self.set_grad_checkpointing(grad_checkpointing)
         # Full checkpointing (timm's checkpoint_seq, or our chunked blocks) takes precedence.
         if family == "vit" and isinstance(getattr(self.trunk, "blocks", None), nn.Sequential):
             use_selective_recompute(self.trunk.blocks, selective_recompute)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         if hasattr(self.head, "pool"):
             x = self.head.pool(self.trunk.forward_features(images))
         else:
