@@ -152,15 +152,48 @@ def peak_rss() -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------- timing
+OP_CATEGORIES = (  # first match wins; self time, so nested ops are not counted twice
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation")),
+    ("attention", ("scaled_dot_product",)),
+    ("convolution", ("convolution",)),
+    ("optimizer", ("adam", "_foreach_")),
+)
+
+
+def op_category(name: str) -> str:
+    for category, patterns in OP_CATEGORIES:
+        if any(name == p or (not p.startswith("aten::") and p in name) for p in patterns):
+            return category
+    return "other ops" if name.startswith("aten::") else "python / framework"
+
+
+def op_breakdown(profiler, steps: int) -> dict:
+    """Self CPU milliseconds per step by category, and the FLOP/s the matmuls reached inside the step."""
+    ms, matmul_flops = {}, 0
+    for event in profiler.key_averages():
+        category = op_category(event.key)
+        ms[category] = ms.get(category, 0.0) + event.self_cpu_time_total / 1e3 / steps
+        if category == "matmul":
+            matmul_flops += event.flops / steps
+    matmul_s = ms.get("matmul", 0.0) / 1e3
+    return {
+        "ms_per_step": ms,
+        "matmul_flops_per_step": matmul_flops,
+        "matmul_flops_per_s": matmul_flops / matmul_s if matmul_s else None,
+    }
+
+
 class StepClock:
     """Marks the start of the timed steps and the end of the last; records the first-step loss."""
 
-    def __init__(self, warmup: int, total: int, device: str):
+    def __init__(self, warmup: int, total: int, device: str, profile: bool = False):
         self.warmup, self.total = warmup, total
         self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         self.first_loss = None
         self.t_begin = self.t_timed = self.t_end = None
         self.rss_base = None
+        # bench.profile_step: the timed steps run under torch.profiler (slower; a breakdown, not a timing)
+        self.profiler = torch.profiler.profile(with_flops=True) if profile else None
 
     def begin(self) -> None:
         self.t_begin = time.perf_counter()
@@ -169,6 +202,8 @@ class StepClock:
         if i == self.warmup:
             self.sync()
             self.rss_base = reset_peak_rss()
+            if self.profiler is not None:
+                self.profiler.start()
             self.t_timed = time.perf_counter()
 
     def after_step(self, i: int, loss: torch.Tensor) -> None:
@@ -177,6 +212,8 @@ class StepClock:
         if i == self.total - 1:
             self.sync()
             self.t_end = time.perf_counter()
+            if self.profiler is not None:
+                self.profiler.stop()
 
     def result(self, batch: int) -> dict:
         steps = self.total - self.warmup
@@ -184,6 +221,7 @@ class StepClock:
         peak = peak_rss()
         cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_initialized() else None
         return {
+            "profile": None if self.profiler is None else op_breakdown(self.profiler, steps),
             "peak_cuda_bytes": cuda,
             "first_loss": self.first_loss,
             "samples_per_s": batch / step_s,
@@ -212,7 +250,9 @@ def run_cliplab(spec: dict, model_cfg: dict, batches: list[tuple]) -> dict:
     )
     module.configure_model()  # idempotent: fit will not rebuild it, so the loaded weights stay
     load_openclip_state_dict(module.model, load_reference_state(spec["state_path"]))
-    clock = StepClock(spec["warmup"], spec["warmup"] + spec["steps"], spec["device"])
+    clock = StepClock(
+        spec["warmup"], spec["warmup"] + spec["steps"], spec["device"], spec.get("profile", False)
+    )
 
     class Clock(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -271,7 +311,9 @@ def run_open_clip(spec: dict, model_cfg: dict, batches: list[tuple]) -> dict:
     )
     loss_fn = ClipLoss()
     bf16 = spec["precision"] == "bf16"
-    clock = StepClock(spec["warmup"], spec["warmup"] + spec["steps"], spec["device"])
+    clock = StepClock(
+        spec["warmup"], spec["warmup"] + spec["steps"], spec["device"], spec.get("profile", False)
+    )
     loader = torch.utils.data.DataLoader(InMemoryBatches(batches, clock.total), batch_size=None)
     clock.begin()
     for i, (images, tokens) in enumerate(loader):

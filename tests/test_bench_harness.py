@@ -160,3 +160,35 @@ def test_cli_selection_and_cuda_skip(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == "cpu"
     assert resolve_device("cuda") is None
+
+
+@pytest.mark.parametrize(
+    ("op", "category"),
+    [
+        ("aten::mm", "matmul"),
+        ("aten::addmm", "matmul"),
+        ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", "attention"),
+        ("aten::convolution_backward", "convolution"),
+        ("aten::_fused_adamw_", "optimizer"),
+        ("aten::gelu_backward", "other ops"),
+        ("aten::mm_out_suffix_that_is_not_mm", "other ops"),  # exact names for aten matmuls
+        ("Optimizer.step#AdamW.step", "python / framework"),
+    ],
+)
+def test_profile_op_categories(op, category):
+    from bench.bench_train_step import op_category
+
+    assert op_category(op) == category
+
+
+def test_profile_breakdown_counts_matmul_flops_per_step():
+    from bench.bench_train_step import op_breakdown
+
+    a, b = torch.randn(64, 32), torch.randn(32, 16)
+    with torch.profiler.profile(with_flops=True) as prof:
+        for _ in range(2):
+            (a @ b).relu()
+    out = op_breakdown(prof, steps=2)
+    assert out["matmul_flops_per_step"] == 2 * 64 * 32 * 16
+    assert set(out["ms_per_step"]) == {"matmul", "other ops"}
+    assert out["matmul_flops_per_s"] > 0

@@ -19,6 +19,10 @@ def test_chunked_checkpointing_config_is_valid(cfg_factory):
     check(cfg_factory, ["model.image_tower.grad_checkpointing=true", "model.image_tower.checkpoint_chunks=4"])
 
 
+def test_channels_last_resnet_config_is_valid(cfg_factory):
+    check(cfg_factory, ["model=rn50"])  # the CLIP ResNet configs default to channels-last
+
+
 @pytest.mark.parametrize(
     "overrides, fragment",
     [
@@ -34,6 +38,14 @@ def test_chunked_checkpointing_config_is_valid(cfg_factory):
         (["loss=siglip"], "model.init_logit_bias"),
         (["model.image_tower.checkpoint_chunks=4"], "model.image_tower.grad_checkpointing=true"),
         (["model.text_tower.checkpoint_chunks=0"], "must be a positive integer"),
+        (
+            [
+                "model/image_tower=timm",
+                "model.image_tower.model_name=vit_small_patch16_224",
+                "model.image_tower.channels_last=true",
+            ],
+            "channels_last=true applies to convolutional towers",
+        ),
         (
             [
                 "trainer=fsdp",

@@ -152,6 +152,21 @@ def check_towers(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"{key}={chunks} is not supported with sharded blocks (trainer={trainer}); use 1"
             )
+    image = cfg.model.get("image_tower") or {}
+    if image.get("channels_last") and _is_timm_vit(image.get("model_name")):
+        raise ConfigError(
+            f"model.image_tower.channels_last=true applies to convolutional towers; "
+            f"{image.get('model_name')} is a ViT: set it to false"
+        )
+
+
+def _is_timm_vit(model_name) -> bool:
+    from cliplab.models.image_tower import _family
+
+    try:
+        return isinstance(model_name, str) and _family(model_name) == "vit"
+    except ValueError:  # an unknown timm name: the tower reports it, with close matches
+        return False
 
 
 def _shards_blocks(cfg: DictConfig) -> bool:

@@ -1,0 +1,82 @@
+"""Where a training step's time goes, side by side: torch.profiler over the benchmark's own step loops.
+
+Same set-up as `bench_train_step` (same weights, batches, Trainer path for cliplab); the timed steps run
+under the profiler, so this is a breakdown, not a timing. Self CPU time per step by op category, the
+FLOP/s the matmuls reach inside the step, and the MFU ceiling that leaves: model FLOPs over the matmul
+time alone, against the matmul peak measured here (what MFU would read if nothing but matmuls took time).
+
+    python -m bench.profile_step                                    # tiny b128 fp32, both sides
+    python -m bench.profile_step --model vit_b32 --batch 32 --precision bf16 --warmup 2 --steps 2
+"""
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import torch
+
+    from bench.bench_train_step import model_config, train_flops_per_sample, write_reference_state
+    from bench.harness import matmul_peak, run_process
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--sides", default="cliplab,open_clip")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    model_cfg = model_config(args.model)
+    flops = train_flops_per_sample(model_cfg) * args.batch
+    peak = matmul_peak(torch.float32 if args.precision == "fp32" else torch.bfloat16)
+    print(f"{args.model} b{args.batch} {args.precision}: {flops / 1e9:.1f} model GFLOP per step, ", end="")
+    print(f"matmul peak here {peak / 1e9:.1f} GFLOP/s, {args.threads} threads\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        state = write_reference_state(model_cfg, f"{tmp}/state.safetensors")
+        for side in args.sides.split(","):
+            spec = dict(
+                model=args.model,
+                batch=args.batch,
+                precision=args.precision,
+                warmup=args.warmup,
+                steps=args.steps,
+                device="cpu",
+                threads=args.threads,
+                seed=0,
+                state_path=state,
+                side=side,
+                profile=True,
+            )
+            report(side, run_process("bench.bench_train_step", spec), flops, peak)
+
+
+def report(side: str, out: dict, flops: float, peak: float) -> None:
+    prof = out["profile"]
+    step_ms = out["step_s"] * 1e3
+    ms = dict(sorted(prof["ms_per_step"].items(), key=lambda kv: -kv[1]))
+    ms["not in any op (Python)"] = max(step_ms - sum(ms.values()), 0.0)
+    print(f"## {side}: {step_ms:.0f} ms per profiled step")
+    print("| category | ms / step | share |\n|---|---|---|")
+    for category, value in ms.items():
+        print(f"| {category} | {value:.1f} | {100 * value / step_ms:.0f} % |")
+    matmul_ms, rate = ms.get("matmul", 0.0), prof["matmul_flops_per_s"]
+    if matmul_ms and rate:
+        print(
+            f"\nmatmuls inside the step: {rate / 1e9:.0f} GFLOP/s ({100 * rate / peak:.0f} % of peak); ",
+            end="",
+        )
+        print(f"MFU ceiling with zero time outside matmuls: {100 * flops / (matmul_ms / 1e3) / peak:.0f} %")
+    print()
+
+
+if __name__ == "__main__":
+    main()
