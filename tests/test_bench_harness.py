@@ -170,9 +170,10 @@ def test_cli_selection_and_cuda_skip(monkeypatch):
         ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", "attention"),
         ("aten::convolution_backward", "convolution"),
         ("aten::_fused_adamw_", "optimizer"),
+        ("Optimizer.step#AdamW.step", "optimizer"),
         ("aten::gelu_backward", "other ops"),
         ("aten::mm_out_suffix_that_is_not_mm", "other ops"),  # exact names for aten matmuls
-        ("Optimizer.step#AdamW.step", "python / framework"),
+        ("Optimizer.zero_grad#AdamW.zero_grad", "python / framework"),
     ],
 )
 def test_profile_op_categories(op, category):
@@ -188,7 +189,12 @@ def test_profile_breakdown_counts_matmul_flops_per_step():
     with torch.profiler.profile(with_flops=True) as prof:
         for _ in range(2):
             (a @ b).relu()
+        weight = torch.zeros(3, requires_grad=True)
+        weight.grad = torch.ones(3)
+        torch.optim.AdamW([weight], foreach=False).step()  # plain aten ops, under Optimizer.step
     out = op_breakdown(prof, steps=2)
     assert out["matmul_flops_per_step"] == 2 * 64 * 32 * 16
-    assert set(out["ms_per_step"]) == {"matmul", "other ops"}
+    assert set(out["ms_per_step"]) == {"matmul", "other ops", "optimizer"}
+    assert "aten::relu" in out["top_other_ops_ms"]
+    assert not any("lerp" in op or "addcdiv" in op for op in out["top_other_ops_ms"])
     assert out["matmul_flops_per_s"] > 0
