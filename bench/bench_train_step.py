@@ -12,7 +12,6 @@ the first-step loss must agree before any timing counts.
     python -m bench train_step --levers compile       # only the compile rows (also: recompute, nchw)
 """
 
-import functools
 import math
 import os
 import re
@@ -153,65 +152,10 @@ def peak_rss() -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------- timing
-OP_CATEGORIES = (  # first match wins; self time, so nested ops are not counted twice
-    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation")),
-    ("attention", ("scaled_dot_product",)),
-    ("convolution", ("convolution",)),
-    ("optimizer", ("Optimizer.step", "_fused_adam")),
-)
+def _breakdown(profiler, steps: int) -> dict:
+    from bench.op_breakdown import op_breakdown
 
-
-def op_category(name: str) -> str:
-    for category, patterns in OP_CATEGORIES:
-        if any(name == p or (not p.startswith("aten::") and p in name) for p in patterns):
-            return category
-    return "other ops" if name.startswith("aten::") else "python / framework"
-
-
-MODEL_RANGE = "model step"  # cliplab's forward/loss and backward run inside Lightning's optimizer closure
-
-
-def _event_category(event) -> str:
-    """An op's category; what runs under an `Optimizer.step` range (any implementation) is optimizer,
-    unless it is nested in a `MODEL_RANGE` (the forward and backward Lightning runs from the closure)."""
-    parent = event
-    while parent is not None:
-        if parent.name == MODEL_RANGE:
-            break
-        if parent.name.startswith("Optimizer.step"):
-            return "optimizer"
-        parent = parent.cpu_parent
-    return op_category(event.name)
-
-
-def _in_model_range(fn):
-    @functools.wraps(fn)
-    def ranged(*args, **kwargs):
-        with torch.profiler.record_function(MODEL_RANGE):
-            return fn(*args, **kwargs)
-
-    return ranged
-
-
-def op_breakdown(profiler, steps: int, top: int = 8) -> dict:
-    """Self CPU milliseconds per step by category, the FLOP/s the matmuls reached inside the step, and the
-    costliest ops outside matmuls."""
-    ms, by_op, matmul_flops = {}, {}, 0
-    for event in profiler.events():
-        category = _event_category(event)
-        self_ms = event.self_cpu_time_total / 1e3 / steps
-        ms[category] = ms.get(category, 0.0) + self_ms
-        if category == "matmul":
-            matmul_flops += (event.flops or 0) / steps
-        elif category == "other ops":
-            by_op[event.name] = by_op.get(event.name, 0.0) + self_ms
-    matmul_s = ms.get("matmul", 0.0) / 1e3
-    return {
-        "ms_per_step": ms,
-        "top_other_ops_ms": dict(sorted(by_op.items(), key=lambda kv: -kv[1])[:top]),
-        "matmul_flops_per_step": matmul_flops,
-        "matmul_flops_per_s": matmul_flops / matmul_s if matmul_s else None,
-    }
+    return op_breakdown(profiler, steps)
 
 
 class StepClock:
@@ -252,7 +196,7 @@ class StepClock:
         peak = peak_rss()
         cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_initialized() else None
         return {
-            "profile": None if self.profiler is None else op_breakdown(self.profiler, steps),
+            "profile": None if self.profiler is None else _breakdown(self.profiler, steps),
             "peak_cuda_bytes": cuda,
             "first_loss": self.first_loss,
             "samples_per_s": batch / step_s,
@@ -285,8 +229,10 @@ def run_cliplab(spec: dict, model_cfg: dict, batches: list[tuple]) -> dict:
         spec["warmup"], spec["warmup"] + spec["steps"], spec["device"], spec.get("profile", False)
     )
     if spec.get("profile"):  # Lightning looks its hooks up on the instance: mark the model's own work
-        module.training_step = _in_model_range(module.training_step)
-        module.backward = _in_model_range(module.backward)
+        from bench.op_breakdown import in_model_range
+
+        module.training_step = in_model_range(module.training_step)
+        module.backward = in_model_range(module.backward)
 
     class Clock(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):

@@ -177,13 +177,13 @@ def test_cli_selection_and_cuda_skip(monkeypatch):
     ],
 )
 def test_profile_op_categories(op, category):
-    from bench.bench_train_step import op_category
+    from bench.op_breakdown import op_category
 
     assert op_category(op) == category
 
 
 def test_profile_breakdown_counts_matmul_flops_per_step():
-    from bench.bench_train_step import op_breakdown
+    from bench.op_breakdown import op_breakdown
 
     a, b = torch.randn(64, 32), torch.randn(32, 16)
     with torch.profiler.profile(with_flops=True) as prof:
