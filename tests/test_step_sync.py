@@ -198,6 +198,46 @@ def test_training_throughput_leaves_out_validation_time(cfg_factory, monkeypatch
     assert rates["train/device/samples_per_sec"] == pytest.approx(BATCH / SECONDS_PER_STEP)
 
 
+class _ValidationSteps(_Steps):
+    """Also marks each validation batch (keys from 1000 on), from its start to the module's own batch-end
+    hook (Lightning runs it after the callbacks'); what runs once per validation after its last batch (metric
+    aggregation, retrieval) may synchronise."""
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        super().on_validation_batch_start(trainer, pl_module, batch, batch_idx)
+        if not trainer.sanity_checking:
+            self.step = 1000 + len(self.validation_batches)
+            self.validation_batches.append(self.step)
+
+    def __init__(self):
+        super().__init__()
+        self.validation_batches: list[int] = []
+
+
+def test_validation_batches_do_not_sync_and_validation_is_timed_whole(cfg_factory, monkeypatch):
+    steps = _ValidationSteps()
+    monkeypatch.setattr(CLIPModule, "on_validation_batch_end", lambda *_, **__: setattr(steps, "step", None))
+    counter = _SyncCounter(monkeypatch, steps)
+    _fake_clock(monkeypatch, steps)
+    _, module, recorder = _fit(cfg_factory(), steps, "cpu", _FourBatches(), "bf16-mixed", val_data=_Batches())
+
+    assert len(steps.validation_batches) == EPOCHS * len(_Batches())
+    # The first validation batch is exempt: the forward FLOPs are counted then, once, on the meta device.
+    for key in steps.validation_batches[1:]:
+        assert not counter.calls[key], f"validation batch {key - 1000}:\n" + "\n".join(counter.calls[key])
+    # One measurement per validation: its batches over its time; forward FLOPs only (1/3 of training's).
+    rates = [m for m in recorder.steps.values() if "validate/device/samples_per_sec" in m]
+    assert len(rates) == EPOCHS
+    forward = module._flops_at(None, training=False)
+    assert 0.2 < forward / module.flops_per_sample < 0.5
+    for metrics in rates:
+        assert metrics["validate/device/samples_per_sec"] == pytest.approx(BATCH / VAL_SECONDS_PER_BATCH)
+        assert metrics["validate/device/flops_per_sec"] == pytest.approx(
+            forward * BATCH / VAL_SECONDS_PER_BATCH
+        )
+        assert metrics["validate/batches"] == len(_Batches())
+
+
 @pytest.mark.gpu
 def test_no_cuda_sync_outside_logging_steps(cfg_factory):
     if not torch.cuda.is_available():

@@ -30,7 +30,8 @@ class ClipThroughputMonitor(ThroughputMonitor):
     in between are only counted on the host, and each measurement covers every batch (samples, FLOPs) since the
     previous one. `window_size` counts batches, as in Lightning (rates over the last `window_size - 1` of them):
     rates average over at least that many, rounded up to whole logging intervals, so they first appear on the
-    second logging step at the earliest. Validation is timed every batch, as in Lightning.
+    second logging step at the earliest. Validation is measured once, over the whole of it, when it ends (its
+    batches are counted on the host; FLOPs are forward-only there, from the module's `flops_per_batch`).
     """
 
     def __init__(self, peak_flops: float | None = None, window_size: int = 20, **kwargs: Any):
@@ -52,15 +53,33 @@ class ClipThroughputMonitor(ThroughputMonitor):
                 world_size=trainer.world_size,
                 **{**self.kwargs, "window_size": intervals + 1},
             )
+        if RunningStage.VALIDATING in self._throughputs:
+            # Two points, at its start and at its end: rates over the whole validation.
+            self._throughputs[RunningStage.VALIDATING] = Throughput(
+                available_flops=self.available_flops,
+                world_size=trainer.world_size,
+                **{**self.kwargs, "window_size": 2},
+            )
         if self.peak_flops is not None:
             self.available_flops = self.peak_flops
             for throughput in self._throughputs.values():
                 throughput.available_flops = self.peak_flops  # per device, as Throughput expects
 
     def _reset_pending(self) -> None:
-        # Training batches done since the last Throughput update (this rank); flops None if one had no count.
+        # Batches done since the last Throughput update (this rank); flops None if one had no count.
         self._pending_batches = self._pending_samples = self._pending_lengths = 0
         self._pending_flops: float | None = 0.0
+
+    def _count_pending(self, pl_module: pl.LightningModule, batch: Any) -> None:
+        per_batch = getattr(pl_module, "flops_per_batch", None)
+        self._pending_batches += 1
+        self._pending_samples += self.batch_size_fn(batch)
+        if self.length_fn is not None:
+            self._pending_lengths += self.length_fn(batch)
+        if per_batch is None or self._pending_flops is None:
+            self._pending_flops = None
+        else:
+            self._pending_flops += per_batch
 
     def on_train_start(self, trainer: pl.Trainer, *args: Any) -> None:
         super().on_train_start(trainer, *args)
@@ -78,23 +97,15 @@ class ClipThroughputMonitor(ThroughputMonitor):
             pl_module.log("train/flops_seen", value, rank_zero_only=True)
         if not trainer.is_global_zero:  # Lightning's monitor measures on rank 0 only
             return
-        self._pending_batches += 1
-        self._pending_samples += self.batch_size_fn(batch)
-        if self.length_fn is not None:
-            self._pending_lengths += self.length_fn(batch)
-        if per_batch is None or self._pending_flops is None:
-            self._pending_flops = None
-        else:
-            self._pending_flops += per_batch
+        self._count_pending(pl_module, batch)
         if is_logging_step(trainer):
-            self._update_training(trainer)
+            self._update_pending(trainer, RunningStage.TRAINING)
             self._compute(trainer)
 
-    def _update_training(self, trainer: pl.Trainer) -> None:
-        """One Throughput update for the training batches since the last one (Lightning's `_update`, batched)."""
+    def _update_pending(self, trainer: pl.Trainer, stage: RunningStage) -> None:
+        """One Throughput update for the batches since the last one (Lightning's `_update`, batched)."""
         if not self._pending_batches:
             return
-        stage = RunningStage.TRAINING
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize()  # the clock must see the queued work done (as Lightning does every batch)
         elapsed = time.perf_counter() - self._t0s[stage]
@@ -112,8 +123,34 @@ class ClipThroughputMonitor(ThroughputMonitor):
 
     @rank_zero_only
     def on_validation_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.sanity_checking:
+            return
         # Lightning's on_validation_end takes the time since the last training update out of training time:
         # the batches since then must be measured first, or their time would be dropped and their work kept.
-        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
-            self._update_training(trainer)
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._update_pending(trainer, RunningStage.TRAINING)
         super().on_validation_start(trainer, *args)
+        self._reset_pending()
+        self._throughputs[RunningStage.VALIDATING].update(
+            time=0.0, batches=0, samples=0, lengths=None if self.length_fn is None else 0, flops=0.0
+        )
+
+    @rank_zero_only
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, *args, **kwargs
+    ) -> None:
+        # Replaces Lightning's hook, which synchronises with the GPU after every batch: host only.
+        if not trainer.sanity_checking:
+            self._count_pending(pl_module, batch)
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        stage = RunningStage.VALIDATING
+        self._update_pending(trainer, stage)
+        if self._batches.get(stage):
+            metrics = self._throughputs[stage].compute()
+            prefix = f"{stage.value}{self._throughputs[stage].separator}"
+            trainer._logger_connector.log_metrics({prefix + k: v for k, v in metrics.items()})
+        super().on_validation_end(trainer, *args)  # hands validation's time back to the training clock

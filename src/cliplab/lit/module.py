@@ -40,7 +40,8 @@ class CLIPModule(pl.LightningModule):
         # A CPU scalar refilled each step: a Python number would become a new device tensor every step in
         # `self.log` (a host-to-device copy that waits for the GPU); loggers read a CPU tensor without waiting.
         self._samples_seen_value = torch.zeros(())
-        self._flops_cache: dict[int | None, float | None] = {}  # FLOPs per sample by text length
+        # FLOPs per sample by (text length, with backward)
+        self._flops_cache: dict[tuple[int | None, bool], float | None] = {}
         self._sharded = self._compiled = False
         # Feature-cache accumulation runs its own forward/backward passes: manual optimization.
         self.automatic_optimization = not isinstance(self.loss_fn, FeatureCacheLoss)
@@ -76,34 +77,42 @@ class CLIPModule(pl.LightningModule):
         asked for (a run that never asks never pays the count, about a second of compute)."""
         return self._flops_at(None)
 
-    def _flops_at(self, text_length: int | None) -> float | None:
-        """FLOPs per sample with `text_length` tokens (None: the full context), counted once per length."""
-        cache = self._flops_cache
-        if text_length not in cache:
-            from cliplab.utils.flops import train_flops_per_sample
+    def _flops_at(self, text_length: int | None, training: bool = True) -> float | None:
+        """FLOPs per sample with `text_length` tokens (None: the full context), forward and backward when
+        `training`, else forward only; counted once per case."""
+        cache, key = self._flops_cache, (text_length, training)
+        if key not in cache:
+            from cliplab.utils.flops import model_flops_per_sample
 
             # Asked from hooks that may run in inference mode (ThroughputMonitor); counting needs a backward.
             try:
                 with torch.inference_mode(False), torch.enable_grad():
-                    cache[text_length] = train_flops_per_sample(self.hparams.model, text_length)
+                    cache[key] = model_flops_per_sample(self.hparams.model, text_length, backward=training)
             except Exception:  # a tower the meta device cannot run: no FLOPs, never a failed run
-                cache[text_length] = None
-        return cache[text_length]
+                cache[key] = None
+        return cache[key]
 
     @property
     def flops_per_batch(self) -> float | None:
-        """Read by Lightning's ThroughputMonitor after every batch: the work this batch really did, with
-        its tokens trimmed to its longest caption (the data module's `trim_padding`)."""
+        """Read by the throughput monitor after every batch: the work the last batch really did, with its
+        tokens trimmed to its longest caption (the data module's `trim_padding`); forward and backward in
+        training, the forward alone in validation."""
         batch_size = getattr(self, "_batch_size", None)
-        per_sample = self._flops_at(getattr(self, "_text_length", None)) if batch_size else None
+        per_sample = self._flops_at(self._text_length, self._batch_trains) if batch_size else None
         return None if per_sample is None else per_sample * batch_size
 
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        self._batch_size = batch[0].shape[0]
+    def _note_batch(self, batch, training: bool) -> None:
+        self._batch_size, self._batch_trains = batch[0].shape[0], training
         tokens = batch[1]
         full = self.hparams.model.get("context_length")
         length = tokens.shape[1] if isinstance(tokens, torch.Tensor) and tokens.ndim == 2 else None
         self._text_length = None if length == full else length
+
+    def on_validation_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._note_batch(batch, training=False)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._note_batch(batch, training=True)
         # Lightning zeroes gradients between the forward and the backward, so last step's gradients would
         # stay alive through this step's forward, on top of its activations (the memory peak). They were
         # consumed by the last optimizer step: free them now. Lightning's own zero_grad is then a no-op.

@@ -9,6 +9,11 @@ def train_flops_per_sample(model_cfg: dict, text_length: int | None = None) -> i
     """Forward + backward FLOPs of one image-text pair through both towers (matmuls and convolutions),
     with `text_length` tokens (default: the full context; batches trimmed to their longest caption are
     shorter)."""
+    return model_flops_per_sample(model_cfg, text_length, backward=True)
+
+
+def model_flops_per_sample(model_cfg: dict, text_length: int | None = None, backward: bool = True) -> int:
+    """FLOPs of one image-text pair, forward and (`backward=True`) backward: training, or evaluation."""
     with torch.device("meta"):
         model = instantiate(model_cfg, _convert_="object")
         size, length = model_cfg["image_size"], text_length or model_cfg["context_length"]
@@ -17,5 +22,5 @@ def train_flops_per_sample(model_cfg: dict, text_length: int | None = None) -> i
     return measure_flops(
         model,
         lambda: model(images, tokens),
-        lambda out: out["image_features"].sum() + out["text_features"].sum(),
+        (lambda out: out["image_features"].sum() + out["text_features"].sum()) if backward else None,
     )
