@@ -51,6 +51,15 @@ MODEL = {
         "act": "gelu",
     },
 }
+CHANNELS_LAST_RN = {  # an image tower to swap in: a small CLIP ResNet in NHWC order (the rn* configs' default)
+    "_target_": "cliplab.models.image_tower.TimmImageTower",
+    "model_name": "resnet50_clip",
+    "embed_dim": EMBED,
+    "image_size": IMAGE_SIZE,
+    "layers": [1, 1, 1, 1],
+    "width_factor": 0.25,
+    "channels_last": True,
+}
 LOSS = {"_target_": "cliplab.losses.ClipLoss"}
 # A large learning rate so the temperature is pushed up against its clamp, not just initialised above it.
 OPTIM = {"_target_": "torch.optim.AdamW", "lr": 5e-3, "weight_decay": 0.1}

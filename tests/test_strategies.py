@@ -21,17 +21,6 @@ def _tiny_clip(image_tower: dict | None = None):
     )
 
 
-CHANNELS_LAST_RN = {  # a small CLIP ResNet in NHWC memory order (the rn* configs' default)
-    "_target_": "cliplab.models.image_tower.TimmImageTower",
-    "model_name": "resnet50_clip",
-    "embed_dim": 32,
-    "image_size": 32,
-    "layers": [1, 1, 1, 1],
-    "width_factor": 0.25,
-    "channels_last": True,
-}
-
-
 @pytest.fixture
 def single_process_group(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
@@ -82,9 +71,15 @@ def test_weight_decay_groups_and_clamp_on_sharded_params(single_process_group):
     assert float(model.logit_scale.detach()) <= math.log(100) + 1e-6
 
 
+def _rn_tower() -> dict:
+    import _mp_train_script as script
+
+    return script.CHANNELS_LAST_RN
+
+
 def test_sharded_channels_last_resnet_matches_unsharded(single_process_group):
     """FSDP2 reassembles NHWC weights from flat shards: outputs and gradients must not change."""
-    reference, model = _tiny_clip(CHANNELS_LAST_RN), _tiny_clip(CHANNELS_LAST_RN)
+    reference, model = _tiny_clip(_rn_tower()), _tiny_clip(_rn_tower())
     shard_model(model, single_process_group)
     images, tokens = torch.randn(4, 3, 32, 32), torch.randint(1, 999, (4, 16))
     for m in (reference, model):

@@ -20,8 +20,9 @@ def _strategy(name: str):
     return FSDP2Strategy(mixed_precision={"param_dtype": "bfloat16", "reduce_dtype": "float32"})
 
 
+@pytest.mark.parametrize("image", ["vit", "channels_last_rn"])
 @pytest.mark.parametrize("name", ["deepspeed2", "deepspeed3", "fsdp"])
-def test_gpu_strategy_trains_and_clamps(name, tmp_path):
+def test_gpu_strategy_trains_and_clamps(name, image, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     import _mp_train_script as script
@@ -31,7 +32,8 @@ def test_gpu_strategy_trains_and_clamps(name, tmp_path):
 
     pl.seed_everything(0)
     record = script.Record()
-    module = CLIPModule(model=script.MODEL, loss=script.LOSS, optim=script.OPTIM, scheduler=None)
+    model = script.MODEL if image == "vit" else {**script.MODEL, "image_tower": script.CHANNELS_LAST_RN}
+    module = CLIPModule(model=model, loss=script.LOSS, optim=script.OPTIM, scheduler=None)
     trainer = pl.Trainer(
         accelerator="gpu",
         devices=1,
