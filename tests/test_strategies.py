@@ -11,14 +11,13 @@ from cliplab.lit.param_groups import param_groups
 from cliplab.lit.sharding import FSDP2Strategy, mixed_precision_policy, shard_model
 
 
-def _tiny_clip(image_tower: dict | None = None):
+def _tiny_clip(channels_last_resnet: bool = False):
     import _mp_train_script as script
     from hydra.utils import instantiate as build
 
     torch.manual_seed(0)
-    return build(
-        {**script.MODEL, **({"image_tower": image_tower} if image_tower else {})}, _convert_="object"
-    )
+    model = {**script.MODEL, "image_tower": script.CHANNELS_LAST_RN} if channels_last_resnet else script.MODEL
+    return build(model, _convert_="object")
 
 
 @pytest.fixture
@@ -71,15 +70,10 @@ def test_weight_decay_groups_and_clamp_on_sharded_params(single_process_group):
     assert float(model.logit_scale.detach()) <= math.log(100) + 1e-6
 
 
-def _rn_tower() -> dict:
-    import _mp_train_script as script
-
-    return script.CHANNELS_LAST_RN
-
-
 def test_sharded_channels_last_resnet_matches_unsharded(single_process_group):
-    """FSDP2 reassembles NHWC weights from flat shards: outputs and gradients must not change."""
-    reference, model = _tiny_clip(_rn_tower()), _tiny_clip(_rn_tower())
+    """FSDP2 shards contiguous storage only: the NHWC weights go back to NCHW first (the inputs stay NHWC);
+    outputs and gradients must not change."""
+    reference, model = _tiny_clip(channels_last_resnet=True), _tiny_clip(channels_last_resnet=True)
     shard_model(model, single_process_group)
     images, tokens = torch.randn(4, 3, 32, 32), torch.randint(1, 999, (4, 16))
     for m in (reference, model):

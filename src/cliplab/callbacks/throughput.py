@@ -70,8 +70,7 @@ class ClipThroughputMonitor(ThroughputMonitor):
         self._pending_batches = self._pending_samples = self._pending_lengths = 0
         self._pending_flops: float | None = 0.0
 
-    def _count_pending(self, pl_module: pl.LightningModule, batch: Any) -> None:
-        per_batch = getattr(pl_module, "flops_per_batch", None)
+    def _count_pending(self, batch: Any, per_batch: float | None) -> None:
         self._pending_batches += 1
         self._pending_samples += self.batch_size_fn(batch)
         if self.length_fn is not None:
@@ -97,7 +96,7 @@ class ClipThroughputMonitor(ThroughputMonitor):
             pl_module.log("train/flops_seen", value, rank_zero_only=True)
         if not trainer.is_global_zero:  # Lightning's monitor measures on rank 0 only
             return
-        self._count_pending(pl_module, batch)
+        self._count_pending(batch, per_batch)
         if is_logging_step(trainer):
             self._update_pending(trainer, RunningStage.TRAINING)
             self._compute(trainer)
@@ -141,7 +140,7 @@ class ClipThroughputMonitor(ThroughputMonitor):
     ) -> None:
         # Replaces Lightning's hook, which synchronises with the GPU after every batch: host only.
         if not trainer.sanity_checking:
-            self._count_pending(pl_module, batch)
+            self._count_pending(batch, getattr(pl_module, "flops_per_batch", None))
 
     @rank_zero_only
     def on_validation_end(self, trainer: pl.Trainer, *args: Any) -> None:
