@@ -85,8 +85,10 @@ class SelfAttention(nn.Module):
     ) -> torch.Tensor:
         batch, length, width = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        # [B, L, 3, H, D] -> three [B, H, L, D]
-        q, k, v = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        # [B, L, 3, H, D] -> three [B, H, L, D] views. Split at the "3" axis, not after moving it first:
+        # SDPA's backward returns q/k/v gradients laid out [B, L, H, D], so autograd stacks them straight
+        # into qkv's [B, L, 3, H, D] layout (one pass) instead of stacking, then copying to that layout.
+        q, k, v = (t.transpose(1, 2) for t in qkv.view(batch, length, 3, self.heads, -1).unbind(2))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
 
