@@ -1,8 +1,8 @@
 """`python -m bench [names...] [--quick] [--reps N] [--device auto|cpu|cuda] [--levers [NAMES]]` (`make bench ARGS=...`).
 
 Runs the selected benchmarks side by side with open_clip and writes bench/results/latest.{md,json}.
-Names: train_step, end_to_end, memory (harness rows); loss, data, zeroshot (standalone scripts whose
-printed tables are appended). Default: all of them.
+Names: train_step, end_to_end, memory, loss, data, zeroshot; every one gives rows of the same table.
+Default: all of them.
 """
 
 import argparse
@@ -15,14 +15,7 @@ import torch
 from bench import harness
 from bench.bench_train_step import LEVERS
 
-ROWS = ("train_step", "end_to_end", "memory")
-SCRIPTS = {
-    # name: (script, full args, quick args)
-    "loss": ("bench/bench_loss.py", [], ["--sizes", "1024", "2048", "--chunked-only-sizes", "--reps", "2"]),
-    "data": ("bench/bench_data.py", [], ["--samples", "512", "--sizes", "256", "--workers", "1"]),
-    # the full ImageNet classifier (1000 x 80; open_clip timed on a sample of its identical-shape batches)
-    "zeroshot": ("bench/bench_zeroshot.py", [], ["--num-classes", "20", "--chunks", "2"]),
-}
+ROWS = ("train_step", "end_to_end", "memory", "loss", "data", "zeroshot")
 SHARED_NOTE = (
     "Timings depend on the machine being otherwise idle; a shared machine makes them noisy "
     "(see the min-max spread in the JSON)."
@@ -31,7 +24,7 @@ SHARED_NOTE = (
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", help=f"subset of {', '.join(ROWS + tuple(SCRIPTS))}")
+    parser.add_argument("names", nargs="*", help=f"subset of {', '.join(ROWS)}")
     parser.add_argument("--quick", action="store_true", help="small cases, fewer runs: a smoke test")
     parser.add_argument("--reps", type=int, default=None, help="process runs per side (default 5, quick 3)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -51,9 +44,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     bad_levers = {x for x in args.levers.split(",") if x} - set(LEVERS)
     if bad_levers:
         parser.error(f"unknown levers {sorted(bad_levers)}; choose from {', '.join(LEVERS)}")
-    unknown = set(args.names) - set(ROWS) - set(SCRIPTS)
+    unknown = set(args.names) - set(ROWS)
     if unknown:
-        parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {ROWS + tuple(SCRIPTS)}")
+        parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {ROWS}")
     return args
 
 
@@ -67,14 +60,14 @@ def resolve_device(choice: str) -> str | None:
 
 
 def collect_cases(names, device, threads, quick, levers, state_dir) -> list:
-    from bench import bench_end_to_end, bench_memory, bench_train_step
+    import importlib
 
-    makers = {
-        "train_step": lambda: bench_train_step.cases(device, threads, quick, state_dir, levers),
-        "end_to_end": lambda: bench_end_to_end.cases(device, threads, quick, state_dir),
-        "memory": lambda: bench_memory.cases(device, threads, quick, state_dir),
-    }
-    return [case for name in names if name in makers for case in makers[name]()]
+    out = []
+    for name in names:
+        module = importlib.import_module(f"bench.bench_{name}")
+        extra = {"levers": levers} if name == "train_step" else {}
+        out += module.cases(device, threads, quick, state_dir, **extra)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,12 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or (torch.get_num_threads() if device == "cpu" else 1)
     torch.set_num_threads(threads)
     reps = args.reps or (3 if args.quick else 5)
-    names = args.names or list(ROWS + tuple(SCRIPTS))
+    names = args.names or list(ROWS)
     info = harness.machine_info(device, threads)
     print(f"cliplab bench on {device}, {threads} threads, {reps} runs per side; torch {info['torch']}")
 
     peaks = measure_peaks(device)
-    done, raw, sections = [], {}, {}
+    done, raw = [], {}
     with tempfile.TemporaryDirectory(prefix="cliplab-bench-") as state_dir:
         cases = collect_cases(names, device, threads, args.quick, args.levers, state_dir)
         for case in [c for c in cases if args.only in c.name]:
@@ -99,17 +92,12 @@ def main(argv: list[str] | None = None) -> int:
             results = harness.run_case(case, reps, log=lambda m: print(m, flush=True))
             raw[case.name] = results
             done.append(case)
-    for name in names:
-        if name in SCRIPTS:
-            script, full, quick = SCRIPTS[name]
-            print(f"{script} ...", flush=True)
-            sections[script] = harness.run_script(script, quick if args.quick else full)
     # The peak is measured again at the end: the better of the two is the ceiling (less shared-load luck).
     for key, value in measure_peaks(device).items():
         peaks[key] = max(peaks[key], value)
-    rows = [harness.summarize(case, raw[case.name], peaks) for case in done]
+    rows = [row for case in done for row in harness.summarize_all(case, raw[case.name], peaks)]
     notes = [SHARED_NOTE, *args.note]
-    md_path, json_path = harness.write_results(rows, info, peaks, raw, sections, notes=notes)
+    md_path, json_path = harness.write_results(rows, info, peaks, raw, notes=notes)
     print()
     print(md_path.read_text())
     print(f"written {md_path} and {json_path}")

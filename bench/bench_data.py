@@ -2,21 +2,22 @@
 
 Both pipelines read the same seeded synthetic JPEG shards (short side 256 and 512 px), decode, apply
 the CLIP train augmentation (random resized crop 0.9-1, bicubic, 224 px, CLIP mean/std), tokenize
-(77 tokens) and batch (128). Output semantics are checked before timing. The machine may be shared, so
-each configuration is timed `--repeats` times, the two sides alternating (and swapping which goes first);
-the table gives the median ratio and the range of the per-round ratios. Run:
+and batch (128), with 1 or 2 loader workers. cliplab: `CLIPDataModule` + `WebDatasetSource`; open_clip:
+`open_clip_train.data.get_wds_dataset` with its train transform and tokenizer. Two warm-up batches, then
+images/s over the rest of 1,536 samples. Gate: the pixel standard deviation of the first batch within
+5 % (different samples from independent shuffles, the same normalisation).
 
-    python bench/bench_data.py [--samples 1536] [--workers 1 2] [--sizes 256 512] [--repeats 3]
+    python -m bench data [--quick]
 """
 
-import argparse
 import functools
 import io
 import json
 import os
+import sys
 import tarfile
-import tempfile
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -129,71 +130,58 @@ def open_clip_loader(pattern: str, samples: int, workers: int):
     return info.dataloader
 
 
-def check_semantics(ours, theirs) -> None:
-    (a_img, a_tok), (b_img, b_tok) = ours, theirs
-    assert a_img.shape == b_img.shape == (BATCH, 3, IMAGE_SIZE, IMAGE_SIZE), (a_img.shape, b_img.shape)
-    assert a_img.dtype == b_img.dtype == torch.float32
-    assert a_tok.shape == b_tok.shape and a_tok.dtype == b_tok.dtype == torch.long
-    # Different samples (independent shuffles), same distribution: per-channel statistics agree.
-    for stat in (lambda x: x.mean(dim=(0, 2, 3)), lambda x: x.std(dim=(0, 2, 3))):
-        assert torch.allclose(stat(a_img), stat(b_img), atol=0.1), (stat(a_img), stat(b_img))
-    caption = ["a photo of the red dog near the beach at night"]
-    from open_clip.tokenizer import SimpleTokenizer  # noqa: PLC0415
-
-    assert torch.equal(CLIPTokenizer(77)(caption), SimpleTokenizer(context_length=77)(caption))
-
-
-def images_per_second(loader, warmup_batches: int = 2) -> float:
-    it = iter(loader)
-    for _ in range(warmup_batches):  # worker start-up and shuffle-buffer fill are not throughput
-        next(it)
+def worker(spec: dict) -> dict:
+    torch.set_num_threads(1)  # decoding runs in the loader's worker processes; this one only collects
+    make = cliplab_loader if spec["side"] == "cliplab" else open_clip_loader
+    start = time.perf_counter()
+    batches = iter(make(spec["pattern"], spec["samples"], spec["workers"]))
+    images, tokens = next(batches)
+    next(batches)  # two warm-up batches: worker start-up and the shuffle buffer's fill are not throughput
+    warmup_s = time.perf_counter() - start
+    # Semantics before timing: CLIP-normalised 224 px float images, token ids (cliplab's stop at the
+    # batch's longest caption, open_clip's at 77); the gate compares the pixel statistics.
+    if images.shape != (BATCH, 3, IMAGE_SIZE, IMAGE_SIZE) or images.dtype != torch.float32:
+        raise ValueError(f"images {tuple(images.shape)} {images.dtype}")
+    if tokens.dtype != torch.long or tokens.shape[0] != BATCH or tokens.shape[1] > 77:
+        raise ValueError(f"tokens {tuple(tokens.shape)} {tokens.dtype}")
     count, start = 0, time.perf_counter()
-    for images, _ in it:
-        count += images.shape[0]
-    return count / (time.perf_counter() - start)
+    for images_, _ in batches:
+        count += images_.shape[0]
+    return {
+        "images_per_s": count / (time.perf_counter() - start),
+        "pixel_std": float(images.std()),
+        "warmup_s": warmup_s,
+    }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--samples", type=int, default=1536)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for size in args.sizes:
-            pattern = write_synthetic_shards(os.path.join(tmp, str(size)), size, args.samples)
-            check_semantics(
-                next(iter(cliplab_loader(pattern, args.samples, 0))),
-                next(iter(open_clip_loader(pattern, args.samples, 0))),
+def cases(device: str, threads: int, quick: bool, state_dir: str) -> list:
+    from bench.harness import Case
+
+    if device.startswith("cuda"):
+        return []  # the input pipeline runs on the CPU either way
+    samples = 512 if quick else 1536
+    grid = [(256, 1)] if quick else [(256, 1), (256, 2), (512, 1), (512, 2)]
+    out, patterns = [], {}
+    for size, workers in grid:
+        if size not in patterns:
+            patterns[size] = write_synthetic_shards(os.path.join(state_dir, f"data-{size}"), size, samples)
+        out.append(
+            Case(
+                name=f"data pipeline {size} px JPEGs to 224 px batches, {workers} worker(s)",
+                module="bench.bench_data",
+                spec=dict(pattern=patterns[size], samples=samples, workers=workers),
+                metric="images_per_s",
+                unit="images/s",
+                # different samples (independent shuffles), same distribution: the batch's pixel spread
+                gate_key="pixel_std",
+                gate_rtol=0.05,
             )
-            for workers in args.workers:
-                ours, theirs = [], []
-                for round_ in range(args.repeats):
-                    # Alternate which side runs first, so a load change on the machine hits both alike.
-                    sides = [(theirs, open_clip_loader), (ours, cliplab_loader)]
-                    for results, make in sides[:: 1 if round_ % 2 == 0 else -1]:
-                        results.append(images_per_second(make(pattern, args.samples, workers)))
-                    print(
-                        f"short side {size}, {workers} workers, round {round_ + 1}: "
-                        f"cliplab {ours[-1]:.0f}, open_clip {theirs[-1]:.0f} img/s"
-                    )
-                rows.append((size, workers, ours, theirs))
-    print(
-        "\n| short side | workers | cliplab img/s | open_clip img/s | ratio (median) | ratio range |"
-        "\n|---|---|---|---|---|---|"
-    )
-    for size, workers, ours, theirs in rows:
-        ratios = sorted(a / b for a, b in zip(ours, theirs, strict=True))
-        print(
-            f"| {size} | {workers} | {np.median(ours):.0f} | {np.median(theirs):.0f} "
-            f"| {np.median(ratios):.2f}x | {ratios[0]:.2f}-{ratios[-1]:.2f}x |"
         )
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script too
+    from bench.harness import benchmark_main
+
+    sys.exit(benchmark_main("data", __doc__, worker))

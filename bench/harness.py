@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -38,6 +38,8 @@ class Case:
     peak_key: str | None = None  # which measured matmul peak MFU divides by ("fp32" / "bf16")
     gate_key: str | None = "first_loss"  # result key compared across sides before timing counts
     gate_rtol: float = 1e-4
+    # Further rows from the same runs, lower is better: (name suffix, result key, unit), e.g. peak memory
+    also: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass
@@ -139,6 +141,15 @@ def gate_of(case: Case, results: dict[str, list[dict]]) -> tuple[bool, str]:
         return True, "no gate"
     first = {side: results[side][0].get(case.gate_key) for side in SIDES}
     return check_gate(first["cliplab"], first["open_clip"], case.gate_rtol)
+
+
+def summarize_all(case: Case, results: dict[str, list[dict]], peaks: dict[str, float]) -> list[Row]:
+    """The case's row, then one row per `also` metric read from the same runs (same gate)."""
+    derived = [
+        replace(case, name=f"{case.name}, {suffix}", metric=key, unit=unit, higher_is_better=False)
+        for suffix, key, unit in case.also
+    ]
+    return [summarize(c, results, peaks) for c in (case, *derived)]
 
 
 def summarize(case: Case, results: dict[str, list[dict]], peaks: dict[str, float]) -> Row:
@@ -292,7 +303,6 @@ def write_results(
     info: dict,
     peaks: dict[str, float],
     raw: dict,
-    sections: dict[str, str],
     out_dir: Path = RESULTS_DIR,
     notes: list[str] | None = None,
 ) -> tuple[Path, Path]:
@@ -300,14 +310,11 @@ def write_results(
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     text = markdown(rows, info, peaks, notes)
-    for title, body in sections.items():
-        text += f"\n## {title}\n\n```\n{body.strip()}\n```\n"
     payload = {
         "machine": info,
         "matmul_peak_flops": peaks,
         "rows": [asdict(r) for r in rows],
         "raw": raw,
-        "sections": sections,
         "notes": notes or [],
     }
     paths = []
@@ -316,17 +323,6 @@ def write_results(
         (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
         paths.append(out_dir / f"{name}.md")
     return paths[0], paths[0].with_suffix(".json")
-
-
-def run_script(path: str, args: list[str], timeout: float = 3600) -> str:
-    """A standalone benchmark script (bench_loss, bench_data, bench_zeroshot): its printed table."""
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run(
-        [sys.executable, path, *args], capture_output=True, text=True, cwd=root, timeout=timeout
-    )
-    if proc.returncode != 0:
-        return f"FAILED ({proc.returncode}):\n{(proc.stderr or proc.stdout)[-3000:]}"
-    return proc.stdout
 
 
 def benchmark_main(name: str, doc: str | None, worker: Callable[[dict], dict]) -> int | None:

@@ -117,15 +117,45 @@ def test_lower_is_better_metric_memory():
     assert row.mfu == {"cliplab": None, "open_clip": None}
 
 
+def test_also_rows_read_other_metrics_of_the_same_runs():
+    def runner(module, spec):
+        side = spec["side"]
+        return {
+            "time_s": 2.0 if side == "cliplab" else 3.0,
+            "peak_bytes": 100.0 if side == "cliplab" else 400.0,
+            "first_loss": 1.0,
+        }
+
+    c = Case(
+        name="loss",
+        module="unused",
+        spec={},
+        metric="time_s",
+        higher_is_better=False,
+        unit="s",
+        also=(("peak memory", "peak_bytes", "bytes"),),
+    )
+    calls = []
+    results = harness.run_case(c, 3, lambda m, s: calls.append(s) or runner(m, s), log=lambda m: None)
+    time_row, memory_row = harness.summarize_all(c, results, peaks={})
+    assert len(calls) == 6  # one set of runs for both rows
+    assert (time_row.case, time_row.unit, time_row.ratio) == ("loss", "s", pytest.approx(1.5))
+    assert (memory_row.case, memory_row.unit) == ("loss, peak memory", "bytes")
+    assert memory_row.median == {"cliplab": 100.0, "open_clip": 400.0} and memory_row.ratio == pytest.approx(
+        4.0
+    )
+    assert memory_row.gate_ok and memory_row.mfu == {"cliplab": None, "open_clip": None}
+
+
 def test_reports_written_as_markdown_and_json(tmp_path):
     runner = fake_runner({"cliplab": [11.0] * 5, "open_clip": [10.0] * 5})
     c = case()
     row = harness.summarize(c, harness.run_case(c, 5, runner, log=lambda m: None), peaks={"fp32": 50e9})
     info = harness.machine_info("cpu", 2)
-    md, js = harness.write_results([row], info, {"fp32": 50e9}, {"fake": {}}, {"x.py": "table"}, tmp_path)
+    md, js = harness.write_results([row], info, {"fp32": 50e9}, {"fake": {}}, tmp_path)
     text = md.read_text()
     assert "| fake | samples/s | 11.0 | 10.0 | 1.10x | 22% | 20% |" in text
-    assert "50.0 GFLOP/s" in text and "## x.py" in text
+    assert "50.0 GFLOP/s" in text
     payload = json.loads(js.read_text())
     assert payload["rows"][0]["ratio"] == pytest.approx(1.1)
     assert (tmp_path / "latest.md").exists() and (tmp_path / "latest.json").exists()
@@ -155,6 +185,7 @@ def test_flop_counter_counts_linear_layers_forward_and_backward():
 
 def test_cli_selection_and_cuda_skip(monkeypatch):
     assert parse(["train_step", "--quick"]).names == ["train_step"]
+    assert parse(["loss", "data", "zeroshot"]).names == ["loss", "data", "zeroshot"]  # rows of the same table
     with pytest.raises(SystemExit):
         parse(["no_such_bench"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
