@@ -229,3 +229,16 @@ def test_profile_breakdown_counts_matmul_flops_per_step():
     assert "aten::relu" in out["top_other_ops_ms"]
     assert not any("lerp" in op or "addcdiv" in op for op in out["top_other_ops_ms"])
     assert out["matmul_flops_per_s"] > 0
+
+
+def test_loss_rows_workers_give_what_the_harness_reads(tmp_path):
+    from bench import bench_loss
+
+    (case,) = [c for c in bench_loss.cases("cpu", 1, True, str(tmp_path)) if "N=1024" in c.name]
+    spec = {**case.spec, "n": 256, "reps": 1}
+    out = {side: bench_loss.worker({**spec, "side": side}) for side in SIDES}
+    # The gate: cliplab's chunked loss and open_clip's ClipLoss give the same value from the same features.
+    assert harness.check_gate(out["cliplab"]["first_loss"], out["open_clip"]["first_loss"], case.gate_rtol)[0]
+    for result in out.values():
+        assert result[case.metric] > 0 and result["warmup_s"] > 0
+        assert all(key in result for _, key, _ in case.also)
