@@ -4,16 +4,15 @@ One row per batch size N for the time of a forward + backward call (median of `r
 warm-up call) and one for its peak memory, both from the same process runs. Peak memory is the rise of
 the process's resident set during the measured calls: the kernel's high-water mark (VmHWM) is reset through
 /proc/self/clear_refs just before them, and the number is VmHWM after them minus VmRSS before (the
-gradients of the inputs and every temporary of the loss included; the features themselves excluded).
-Without a resettable VmHWM it falls back to ru_maxrss, which can only over-report. Gate: the same loss
-value from the same features (world size 1). open_clip holds several N x N logit matrices at once, so
-above N = 16384 it does not fit a 24 GiB machine; the chunked loss keeps only blocks of them.
+gradients of the inputs and every temporary of the loss included; the features themselves excluded), with
+glibc's mmap threshold at 1 MiB on both sides so that freed blocks leave the resident set.
+Without a resettable VmHWM (off Linux) the memory row reads "-". Gate: the same loss value from the same
+features (world size 1). open_clip holds several N x N logit matrices at once, so above N = 16384 it does
+not fit a 24 GiB machine; the chunked loss keeps only blocks of them.
 
     python -m bench loss [--quick]
 """
 
-import re
-import resource
 import statistics
 import sys
 import time
@@ -22,22 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.bench_train_step import peak_rss, reset_peak_rss
+
 EMBED_DIM = 512
 BLOCK_SIZE = 1024
-
-
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{key}:\s+(\d+)", f.read(), re.M).group(1))
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def make_loss(side: str):
@@ -51,6 +38,11 @@ def make_loss(side: str):
 
 
 def worker(spec: dict) -> dict:
+    from cliplab.utils.host_memory import return_freed_memory
+
+    # Blocks over 1 MiB get their own mappings, returned on free: the resident set then follows live tensors,
+    # not what glibc's heap kept from the warm-up call (which hid small losses' temporaries entirely).
+    return_freed_memory()
     torch.set_num_threads(spec["threads"])
     n = spec["n"]
     gen = torch.Generator().manual_seed(0)
@@ -68,22 +60,17 @@ def worker(spec: dict) -> dict:
     start = time.perf_counter()
     first_loss = call()  # warm-up: kernel selection, allocator growth
     warmup_s = time.perf_counter() - start
-    rss_before = _status_kib("VmRSS")
-    resettable = _reset_peak()
-    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = reset_peak_rss()  # the resident high-water mark restarts here (None off Linux)
     times = []
     for _ in range(spec["reps"]):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    peak_kib = _status_kib("VmHWM") if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if not resettable:
-        peak_kib = max(peak_kib, maxrss_before)  # a peak hidden below an earlier one: the (over-)bound
+    peak = peak_rss()
     return {
         "time_s": statistics.median(times),
         "times_s": times,
-        "peak_bytes": (peak_kib - rss_before) * 1024,
-        "memory_method": "VmHWM reset" if resettable else "ru_maxrss (upper bound)",
+        "peak_bytes": None if rss_before is None or peak is None else peak - rss_before,
         "first_loss": first_loss,
         "warmup_s": warmup_s,
     }
