@@ -2,10 +2,11 @@
 
 One row per batch size N for the time of a forward + backward call (median of `reps` calls after a
 warm-up call) and one for its peak memory, both from the same process runs. Peak memory is the rise of
-the process's resident set during the measured calls: the kernel's high-water mark (VmHWM) is reset through
-/proc/self/clear_refs just before them, and the number is VmHWM after them minus VmRSS before (the
-gradients of the inputs and every temporary of the loss included; the features themselves excluded), with
-glibc's mmap threshold at 1 MiB on both sides so that freed blocks leave the resident set.
+the process's resident set during one more call, made after the timed ones with glibc's mmap threshold
+at 1 MiB and the heap trimmed (so freed blocks leave the resident set): the kernel's high-water mark
+(VmHWM) is reset through /proc/self/clear_refs just before it, and the number is VmHWM after it minus
+VmRSS before (the gradients of the inputs and every temporary of the loss included; the features
+themselves excluded).
 Without a resettable VmHWM (off Linux) the memory row reads "-". Gate: the same loss value from the same
 features (world size 1). open_clip holds several N x N logit matrices at once, so above N = 16384 it does
 not fit a 24 GiB machine; the chunked loss keeps only blocks of them.
@@ -40,9 +41,6 @@ def make_loss(side: str):
 def worker(spec: dict) -> dict:
     from cliplab.utils.host_memory import return_freed_memory
 
-    # Blocks over 1 MiB get their own mappings, returned on free: the resident set then follows live tensors,
-    # not what glibc's heap kept from the warm-up call (which hid small losses' temporaries entirely).
-    return_freed_memory()
     torch.set_num_threads(spec["threads"])
     n = spec["n"]
     gen = torch.Generator().manual_seed(0)
@@ -60,12 +58,16 @@ def worker(spec: dict) -> dict:
     start = time.perf_counter()
     first_loss = call()  # warm-up: kernel selection, allocator growth
     warmup_s = time.perf_counter() - start
-    rss_before = reset_peak_rss()  # the resident high-water mark restarts here (None off Linux)
     times = []
-    for _ in range(spec["reps"]):
+    for _ in range(spec["reps"]):  # timed with the allocator as it comes, as a training run has it
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
+    # Then one call for memory: blocks over 1 MiB get their own mappings and the heap hands back what it
+    # kept, so the resident set follows live tensors (the heap's leftovers hid small losses' temporaries).
+    return_freed_memory()
+    rss_before = reset_peak_rss()  # the resident high-water mark restarts here (None off Linux)
+    call()
     peak = peak_rss()
     return {
         "time_s": statistics.median(times),

@@ -50,3 +50,24 @@ def test_a_working_set_above_a_gigabyte_is_not_trimmed_away():
     applied, kept = _faults("keep", 400, count=3, warmup=5)  # the heap settles in 2-3 steps
     assert applied == "True"
     assert kept < (400 << 20) // 4096 // 10
+
+
+RETURN_SCRIPT = """
+import re, torch
+from cliplab.utils.host_memory import keep_freed_memory, return_freed_memory
+def rss_mib():
+    return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) // 1024
+keep_freed_memory()
+blocks = [torch.ones(2 << 20, dtype=torch.uint8) for _ in range(100)]  # 200 MiB served from the heap
+del blocks
+kept = rss_mib()
+return_freed_memory()
+print(kept, rss_mib())
+"""
+
+
+@linux_only
+def test_returning_freed_memory_mid_run_hands_the_heap_back():
+    out = subprocess.run([sys.executable, "-c", RETURN_SCRIPT], capture_output=True, text=True, check=True)
+    kept, after = map(int, out.stdout.split())
+    assert kept - after > 150, (kept, after)  # the 200 MiB the heap kept leave the resident set

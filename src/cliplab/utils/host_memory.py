@@ -35,5 +35,9 @@ def keep_freed_memory(mmap_threshold: int = 1 << 30, trim_threshold: int = -1) -
 
 def return_freed_memory(mmap_threshold: int = 1 << 20) -> bool:
     """The opposite, for measuring memory: every block above `mmap_threshold` gets its own mapping, unmapped
-    on free, so the resident high-water mark tracks live tensors rather than what the heap kept."""
-    return _mallopt(M_MMAP_THRESHOLD, mmap_threshold)
+    on free, so the resident high-water mark tracks live tensors rather than what the heap kept. The free
+    memory the heap holds already is handed back now (malloc_trim), so this can be switched on mid-run."""
+    applied = _mallopt(M_MMAP_THRESHOLD, mmap_threshold)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return applied
