@@ -152,12 +152,6 @@ def peak_rss() -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------- timing
-def _breakdown(profiler, steps: int) -> dict:
-    from bench.op_breakdown import op_breakdown
-
-    return op_breakdown(profiler, steps)
-
-
 class StepClock:
     """Marks the start of the timed steps and the end of the last; records the first-step loss."""
 
@@ -195,8 +189,13 @@ class StepClock:
         step_s = (self.t_end - self.t_timed) / steps
         peak = peak_rss()
         cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_initialized() else None
+        profile = None
+        if self.profiler is not None:  # bench.profile_step only: its module is not imported otherwise
+            from bench.op_breakdown import op_breakdown
+
+            profile = op_breakdown(self.profiler, steps)
         return {
-            "profile": None if self.profiler is None else _breakdown(self.profiler, steps),
+            "profile": profile,
             "peak_cuda_bytes": cuda,
             "first_loss": self.first_loss,
             "samples_per_s": batch / step_s,
