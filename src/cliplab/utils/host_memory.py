@@ -4,8 +4,8 @@ glibc serves allocations above its mmap threshold (at most 32 MiB, adjusted as t
 fresh mappings and unmaps them on free, and trims freed memory off the top of its heap. A training step
 frees and re-allocates the same activation buffers every step, so each step page-faults (and the kernel
 zeroes) them again. Served from the heap and kept there, the buffers are reused once the heap has grown to
-the step's working set (a few steps: torch's aligned allocations cannot take a freed block of exactly their
-size at first). That made CPU steps 8-20 % faster on the tiny model (fp32 and bf16 autocast) at the same
+the step's working set (2-8 steps, depending on where ASLR put the heap: torch's aligned allocations
+cannot take a freed block of exactly their size at first). That made CPU steps 8-20 % faster on the tiny model (fp32 and bf16 autocast) at the same
 peak resident memory; the process keeps its peak footprint.
 
 The heap is never trimmed: a ViT-B/32 step at batch 32 frees over 1 GiB at the top of the heap at its end,
