@@ -60,6 +60,7 @@ CHANNELS_LAST_RN = {  # an image tower to swap in: a small CLIP ResNet in NHWC o
     "width_factor": 0.25,
     "channels_last": True,
 }
+CHANNELS_LAST_RN_MODEL = {**MODEL, "image_tower": CHANNELS_LAST_RN}
 LOSS = {"_target_": "cliplab.losses.ClipLoss"}
 # A large learning rate so the temperature is pushed up against its clamp, not just initialised above it.
 OPTIM = {"_target_": "torch.optim.AdamW", "lr": 5e-3, "weight_decay": 0.1}

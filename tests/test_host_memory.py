@@ -15,7 +15,7 @@ def step():  # a step's activations: several buffers alive together, all freed a
     for x in buffers:
         x.fill_(1)
 # The heap grows until freed blocks can be reused (torch asks memalign); how many steps that takes depends
-# on where ASLR put the heap: 2-8 steps in 150 runs of both tests' sizes, hence 12 warm-up steps.
+# on where ASLR put the heap: 2-8 steps in 130 runs of both tests' sizes, hence 12 warm-up steps.
 for _ in range(warmup):
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

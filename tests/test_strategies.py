@@ -16,7 +16,7 @@ def _tiny_clip(channels_last_resnet: bool = False):
     from hydra.utils import instantiate as build
 
     torch.manual_seed(0)
-    model = {**script.MODEL, "image_tower": script.CHANNELS_LAST_RN} if channels_last_resnet else script.MODEL
+    model = script.CHANNELS_LAST_RN_MODEL if channels_last_resnet else script.MODEL
     return build(model, _convert_="object")
 
 

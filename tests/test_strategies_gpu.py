@@ -32,7 +32,7 @@ def test_gpu_strategy_trains_and_clamps(name, image, tmp_path):
 
     pl.seed_everything(0)
     record = script.Record()
-    model = script.MODEL if image == "vit" else {**script.MODEL, "image_tower": script.CHANNELS_LAST_RN}
+    model = script.MODEL if image == "vit" else script.CHANNELS_LAST_RN_MODEL
     module = CLIPModule(model=model, loss=script.LOSS, optim=script.OPTIM, scheduler=None)
     trainer = pl.Trainer(
         accelerator="gpu",
