@@ -14,7 +14,7 @@ from cliplab.data.folder_source import FolderSource
 from cliplab.data.samples import Collate
 from cliplab.data.shards import write_shards_from_table
 from cliplab.data.transforms import eval_transform
-from cliplab.data.webdataset_source import WebDatasetSource
+from cliplab.data.webdataset_source import EvenSplitStream, WebDatasetSource
 
 try:
     from cliplab.models.tokenizer import CLIPTokenizer
@@ -45,8 +45,9 @@ def data(tmp_path_factory):
 
 
 def captions_of(dataset, num_workers):
+    batch_size = None if isinstance(dataset, EvenSplitStream) else 4  # evaluation streams yield batches
     loader = DataLoader(
-        dataset, batch_size=4, num_workers=num_workers, collate_fn=Collate(eval_transform(16))
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=Collate(eval_transform(16))
     )
     return [c for _, caps in loader for c in caps]
 

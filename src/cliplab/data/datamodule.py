@@ -5,21 +5,31 @@ Built as `instantiate(cfg.data, tokenizer=tokenizer)`. `train` / `val` are sourc
 .csv/.tsv/.parquet is a table, anything else a webdataset shard specification. `batch_size` is the
 GLOBAL batch; `setup()` divides it by the trainer's world size. Batches are `(images, tokens)`: float
 `[B, 3, H, W]` normalised, long `[B, L]` (the raw captions when no tokenizer is given).
+
+The data module owns the split over ranks (the trainer runs with `use_distributed_sampler=False`):
+every rank yields the same number of training and validation batches (docs/contracts.md, "Even
+ranks"), and the loaders are torchdata `StatefulDataLoader`s, whose position (each worker's stream
+position, or the sampler's) Lightning saves in every checkpoint and restores mid-epoch.
 """
 
 import logging
+import warnings
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from cliplab.data import transforms as T
 from cliplab.data.faults import FaultLog
+from cliplab.data.even_split import EpochIndexSampler, EvenSplitBatches
 from cliplab.data.samples import Collate
 from cliplab.data.table_source import TABLE_SUFFIXES, TableSource
-from cliplab.data.webdataset_source import WebDatasetSource
+from cliplab.data.webdataset_source import EvenSplitStream, WebDatasetSource
 
 log = logging.getLogger(__name__)
+# torchdata 0.11 calls a torch API that torch deprecated since: nothing for users to act on.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
 def as_source(spec, shuffle: bool):
@@ -30,11 +40,12 @@ def as_source(spec, shuffle: bool):
     return WebDatasetSource(spec, shuffle=shuffle)
 
 
-class EpochDataLoader(DataLoader):
+class EpochDataLoader(StatefulDataLoader):
     """Tells an iterable dataset which epoch starts, before the workers take their copy of it.
 
     Epochs count from `first_epoch`, which a resumed run restores (CLIPDataModule.load_state_dict), so
-    epoch k of a resumed run streams what epoch k of an uninterrupted run streams.
+    epoch k of a resumed run streams what epoch k of an uninterrupted run streams; the position within
+    the epoch is the StatefulDataLoader's state, which Lightning checkpoints.
     """
 
     def __init__(self, *args, first_epoch: int = 0, **kwargs):
@@ -89,6 +100,7 @@ class CLIPDataModule(pl.LightningDataModule):
         self.val_dataset = None
         self.per_device_batch_size = None
         self.first_epoch = 0  # restored from a checkpoint when resuming
+        self.rank, self.world_size = 0, 1
 
     # ---- setup -------------------------------------------------------------------------------------
     def _rank_and_world(self) -> tuple[int, int]:
@@ -106,7 +118,8 @@ class CLIPDataModule(pl.LightningDataModule):
                 f"data.batch_size={self.batch_size} (global) is not divisible by {world} devices"
             )
         self.per_device_batch_size = self.batch_size // world
-        common = {"rank": rank, "world_size": world, "seed": self.seed}
+        self.rank, self.world_size = rank, world
+        common = {"rank": rank, "world_size": world, "seed": self.seed, "workers": self.num_workers}
         if self.train_source is not None and self.train_dataset is None and stage in (None, "fit"):
             self.train_dataset = self.train_source.build(
                 self.train_transform,
@@ -131,19 +144,27 @@ class CLIPDataModule(pl.LightningDataModule):
 
     # ---- loaders -----------------------------------------------------------------------------------
     def _loader(self, dataset, transform, batch_size: int, train: bool) -> DataLoader:
-        iterable = isinstance(dataset, IterableDataset)
         workers = self.num_workers
+        split = {"batch_size": batch_size, "drop_last": train}
+        if isinstance(dataset, EvenSplitStream):
+            split = {"batch_size": None}  # the stream yields whole batches
+        elif not isinstance(dataset, IterableDataset) and train:
+            # Equal counts on every rank: a distributed sampler that drops the remainder, not pads it
+            sampler = DistributedSampler(
+                dataset, self.world_size, self.rank, shuffle=True, seed=self.seed, drop_last=True
+            )
+            split["sampler"] = EpochIndexSampler(sampler)
+        elif not isinstance(dataset, IterableDataset):
+            split = {"batch_sampler": EvenSplitBatches(len(dataset), self.rank, self.world_size, batch_size)}
         return EpochDataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=train and not iterable,
-            drop_last=train,
             num_workers=workers,
             collate_fn=Collate(transform, self.tokenizer, trim_padding=self.trim_padding),
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
             first_epoch=self.first_epoch if train else 0,
+            **split,
         )
 
     # ---- resuming ----------------------------------------------------------------------------------
@@ -182,9 +203,14 @@ class CLIPDataModule(pl.LightningDataModule):
 
     @property
     def samples_per_epoch(self) -> int | None:
-        """Training samples per epoch over all ranks, when known."""
+        """Training samples per epoch over all ranks, when known: batches per rank x global batch."""
         dataset = self.train_dataset
-        try:
-            return len(dataset) * (self.batch_size // max(1, self.per_device_batch_size or self.batch_size))
-        except TypeError:
+        if dataset is None or self.per_device_batch_size is None:
             return None
+        if isinstance(dataset, IterableDataset):
+            try:
+                return len(dataset) * self.world_size
+            except TypeError:
+                return None
+        per_rank = len(dataset) // self.world_size // self.per_device_batch_size
+        return per_rank * self.batch_size

@@ -1,5 +1,8 @@
 """Map-style dataset over (image path or URL, caption) pairs, shared by the table and folder sources."""
 
+import hashlib
+
+import torch
 from torch.utils.data import Dataset
 
 from cliplab.data import faults as F
@@ -34,7 +37,7 @@ class ImageCaptionPairs(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def load(self, index: int):
+    def load(self, index: int, generator=None):
         path = self.images[index]
         caption = self.captions[index]
         caption = None if caption is None or caption != caption else str(caption).strip()  # NaN -> None
@@ -43,11 +46,18 @@ class ImageCaptionPairs(Dataset):
         except OSError as e:
             self.faults.record(F.MISSING_IMAGE, self.origin, path, f"{type(e).__name__}: {e}")
             return None
-        return make_sample(data, caption, self.transform, self.faults, self.origin, path)
+        return make_sample(data, caption, self.transform, self.faults, self.origin, path, generator)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index):
+        """`index`, or `(epoch, index)` from cliplab's training sampler: then the sample's random crop is
+        a function of (epoch, index), the same in a resumed run."""
+        generator = None
+        if isinstance(index, tuple):
+            epoch, index = index
+            digest = hashlib.blake2b(repr((epoch, index)).encode(), digest_size=8).digest()
+            generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
         for step in range(min(_MAX_SUBSTITUTIONS, len(self))):
-            sample = self.load((index + step) % len(self))
+            sample = self.load((index + step) % len(self), generator)
             if sample is not None:
                 return sample
         return None

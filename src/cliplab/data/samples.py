@@ -24,8 +24,11 @@ def decode_caption(data: bytes | str | None) -> str | None:
     return text.strip()
 
 
-def make_sample(image_bytes, caption, transform: ClipImageTransform, faults: F.FaultLog, shard, key):
-    """Decode one pair; return (array, caption) or None after recording why it was skipped."""
+def make_sample(
+    image_bytes, caption, transform: ClipImageTransform, faults: F.FaultLog, shard, key, generator=None
+):
+    """Decode one pair; return (array, caption) or None after recording why it was skipped. Random crops
+    draw from `generator` (default: torch's global RNG)."""
     if image_bytes is None:
         faults.record(F.MISSING_IMAGE, shard, key)
         return None
@@ -36,7 +39,7 @@ def make_sample(image_bytes, caption, transform: ClipImageTransform, faults: F.F
         faults.record(F.EMPTY_CAPTION, shard, key)
         return None
     try:
-        array = transform.decode(image_bytes)
+        array = transform.decode(image_bytes, generator)
     except (ImageTooLarge, Image.DecompressionBombError) as e:
         faults.record(F.IMAGE_TOO_LARGE, shard, key, str(e))
         return None
@@ -47,10 +50,11 @@ def make_sample(image_bytes, caption, transform: ClipImageTransform, faults: F.F
     return array, caption
 
 
-def sample_from_dict(sample: dict, transform, faults, shard):
+def sample_from_dict(sample: dict, transform, faults, shard, generator=None):
     """A webdataset sample dict -> (array, caption) or None."""
     image = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
-    return make_sample(image, decode_caption(sample.get("txt")), transform, faults, shard, sample["__key__"])
+    caption = decode_caption(sample.get("txt"))
+    return make_sample(image, caption, transform, faults, shard, sample["__key__"], generator)
 
 
 def trim_padding(tokens: torch.Tensor, pad_token_id: int | None, multiple: int = 8) -> torch.Tensor:

@@ -78,8 +78,9 @@ class ClipImageTransform:
         return f"ClipImageTransform({self.image_size}, {kind}, draft={self.draft})"
 
     # ---- per-sample, uint8 -------------------------------------------------------------------------
-    def decode(self, data: bytes) -> np.ndarray:
-        """Encoded image bytes -> transformed uint8 array [H, W, 3]. Raises on corrupt or oversized input."""
+    def decode(self, data: bytes, generator: torch.Generator | None = None) -> np.ndarray:
+        """Encoded image bytes -> transformed uint8 array [H, W, 3]. Raises on corrupt or oversized input.
+        The random crop draws from `generator` (default: torch's global RNG)."""
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its own limit; our explicit check below decides.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -89,7 +90,7 @@ class ClipImageTransform:
                 raise ImageTooLarge(f"{width}x{height} exceeds max_image_pixels={self.max_image_pixels}")
             # The crop is drawn on the stored size (the header is enough), so that the DCT reduction can
             # be chosen from the region actually used: a small crop of a large image keeps its detail.
-            crop = self.crop_params(height, width) if self.train else (0, 0, height, width)
+            crop = self.crop_params(height, width, generator) if self.train else (0, 0, height, width)
             reduce = self.draft_factor(crop[2], crop[3]) if self.draft and img.format == "JPEG" else 1
             if reduce > 1:
                 img.draft("RGB", (width // reduce, height // reduce))  # Pillow then picks exactly `reduce`
@@ -122,19 +123,19 @@ class ClipImageTransform:
         out = F.interpolate(region, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
         return out[0].permute(1, 2, 0).numpy()
 
-    def crop_params(self, height: int, width: int) -> tuple[int, int, int, int]:
+    def crop_params(self, height: int, width: int, generator=None) -> tuple[int, int, int, int]:
         """(top, left, h, w): torchvision's RandomResizedCrop.get_params with the same torch RNG draws
         (so a seed gives the same crop), minus its per-call tensor set-up."""
         area = height * width
         lo, hi = self._log_ratio
         for _ in range(10):
-            target_area = area * torch.empty(1).uniform_(self.scale[0], self.scale[1]).item()
-            aspect = torch.empty(1).uniform_(lo, hi).exp_().item()
+            target_area = area * torch.empty(1).uniform_(*self.scale, generator=generator).item()
+            aspect = torch.empty(1).uniform_(lo, hi, generator=generator).exp_().item()
             w = int(round(math.sqrt(target_area * aspect)))
             h = int(round(math.sqrt(target_area / aspect)))
             if 0 < w <= width and 0 < h <= height:
-                top = int(torch.randint(0, height - h + 1, size=(1,)))
-                left = int(torch.randint(0, width - w + 1, size=(1,)))
+                top = int(torch.randint(0, height - h + 1, size=(1,), generator=generator))
+                left = int(torch.randint(0, width - w + 1, size=(1,), generator=generator))
                 return top, left, h, w
         # No draw fitted: the central crop closest to the allowed ratios.
         in_ratio = width / height
