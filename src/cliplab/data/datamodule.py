@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from cliplab.data import transforms as T
-from cliplab.data.faults import FaultLog
 from cliplab.data.even_split import EpochIndexSampler, EvenSplitBatches
+from cliplab.data.faults import FaultLog
 from cliplab.data.samples import Collate
 from cliplab.data.table_source import TABLE_SUFFIXES, TableSource
 from cliplab.data.webdataset_source import EvenSplitStream, WebDatasetSource
@@ -52,11 +52,41 @@ class EpochDataLoader(StatefulDataLoader):
         super().__init__(*args, **kwargs)
         self.next_epoch = first_epoch
 
+    def state_dict(self) -> dict:
+        """Every rank's position: Lightning saves the checkpoint from rank 0, and each rank resumes its own.
+        Called on every rank alike (Lightning builds the checkpoint dict on all ranks)."""
+        state = super().state_dict()
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return state
+        states = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(states, state)
+        return {"per_rank": states}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "per_rank" in state:
+            rank, world = _rank_and_world()
+            if len(state["per_rank"]) != world:
+                log.warning(
+                    "the checkpoint holds the data positions of %d ranks, this run has %d: the interrupted "
+                    "epoch starts again from its beginning",
+                    len(state["per_rank"]),
+                    world,
+                )
+                return
+            state = state["per_rank"][rank]
+        super().load_state_dict(state)
+
     def __iter__(self):
         if hasattr(self.dataset, "set_epoch") and isinstance(self.dataset, IterableDataset):
             self.dataset.set_epoch(self.next_epoch)
             self.next_epoch += 1
         return super().__iter__()
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 class CLIPDataModule(pl.LightningDataModule):
@@ -107,9 +137,7 @@ class CLIPDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             return trainer.global_rank, trainer.world_size
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
+        return _rank_and_world()
 
     def setup(self, stage: str | None = None) -> None:
         rank, world = self._rank_and_world()

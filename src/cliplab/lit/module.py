@@ -6,8 +6,10 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
+from cliplab.lit.loader_resume import restore_loader_position
 from cliplab.lit.param_groups import param_groups
 from cliplab.losses.feature_cache import FeatureCacheLoss
+from cliplab.losses.gather import gather_rows, local_only
 from cliplab.losses.grad_cache import grad_cache_backward
 from cliplab.models.clip import MAX_LOGIT_SCALE
 
@@ -108,6 +110,9 @@ class CLIPModule(pl.LightningModule):
         length = tokens.shape[1] if isinstance(tokens, torch.Tensor) and tokens.ndim == 2 else None
         self._text_length = None if length == full else length
 
+    def on_train_start(self) -> None:
+        restore_loader_position(self.trainer)  # a resumed run continues mid-epoch where it stopped
+
     def on_validation_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._note_batch(batch, training=False)
 
@@ -164,8 +169,14 @@ class CLIPModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        loss, _ = self._step_loss(batch)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch[0].shape[0])
+        # Ranks hold different numbers of validation samples (each sample once): the loss is that of the
+        # gathered global batch, computed alike on every rank, so nothing else needs reducing.
+        images, tokens = batch
+        out = self.model(images, tokens)
+        image_features, text_features = gather_rows(out["image_features"]), gather_rows(out["text_features"])
+        with local_only():
+            loss = self.loss_fn(image_features, text_features, out["logit_scale"], out["logit_bias"])
+        self.log("val/loss", loss, prog_bar=True, batch_size=image_features.shape[0])
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)

@@ -7,6 +7,8 @@ what each rank computing its own slice of the global loss needs), but in torch 2
 and keeps the same gradient semantics: d(sum over ranks of loss_r) / d(local rows).
 """
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 
@@ -16,9 +18,25 @@ def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+_LOCAL_ONLY = False  # set by `local_only()`: losses score the rows they are given, gathering nothing
+
+
 def is_distributed() -> bool:
     """True when a loss must gather across ranks (initialised group with more than one process)."""
+    if _LOCAL_ONLY:
+        return False
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def local_only():
+    """Within: losses treat their inputs as the whole batch (already gathered, e.g. for validation)."""
+    global _LOCAL_ONLY
+    previous, _LOCAL_ONLY = _LOCAL_ONLY, True
+    try:
+        yield
+    finally:
+        _LOCAL_ONLY = previous
 
 
 def rank_and_world_size() -> tuple[int, int]:
@@ -57,3 +75,19 @@ def all_gather_with_grad(local: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return local
     return _AllGatherWithGrad.apply(local)
+
+
+def gather_rows(local: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows in rank order, row counts free to differ (no gradient): for evaluation, where
+    ranks hold different numbers of samples."""
+    if not is_distributed():
+        return local
+    local = local.contiguous()
+    sizes = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([local.shape[0]], device=local.device))
+    longest = int(max(sizes))
+    padded = local.new_zeros((longest, *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(n)] for part, n in zip(parts, sizes)])
