@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import torch
 
+from cliplab.models.clip import MAX_LOGIT_SCALE
+
 
 def _rng_state(device: torch.device) -> tuple:
     cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
@@ -55,8 +57,10 @@ def grad_cache_backward(
     image_features = torch.cat(image_cache).requires_grad_()
     text_features = torch.cat(text_cache).requires_grad_()
 
-    # gradients reach logit_scale / logit_bias directly, and the features' .grad
-    loss = loss_fn(image_features, text_features, model.logit_scale.exp(), model.logit_bias)
+    # gradients reach logit_scale / logit_bias directly, and the features' .grad; the temperature is
+    # clamped as the model's forward clamps it (at most 100, no gradient beyond)
+    logit_scale = model.logit_scale.clamp(0, MAX_LOGIT_SCALE).exp()
+    loss = loss_fn(image_features, text_features, logit_scale, model.logit_bias)
     loss.backward()
 
     image_grads = image_features.grad.split(chunk_size)
