@@ -11,8 +11,6 @@ from collections.abc import Callable
 
 import torch
 
-from cliplab.models.clip import MAX_LOGIT_SCALE
-
 
 def _rng_state(device: torch.device) -> tuple:
     cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
@@ -42,6 +40,9 @@ def grad_cache_backward(
     gradients afterwards (or let the strategy do it): the gathered loss already sums the feature
     gradients across ranks, the per-chunk re-runs need no communication.
     """
+    # here, not at the top: cliplab.models.clip imports cliplab.losses (its gather helpers)
+    from cliplab.models.clip import MAX_LOGIT_SCALE
+
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     device = images.device
