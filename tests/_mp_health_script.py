@@ -1,8 +1,8 @@
 """Training health and data-fault counts across ranks: a tiny CLIP on in-memory data, NaN injected into one
 rank's batch, faults recorded in different numbers by each rank.
 
-`python -m torch.distributed.run --nproc_per_node 2 tests/_mp_health_script.py <out_dir>` (2 CPU processes,
-gloo): each rank writes `<out_dir>/rank<r>.json` with the results of `skip_one` and `stop_after_k`. The test
+`python -m torch.distributed.run --nproc_per_node 2 tests/_mp_health_script.py <out_dir> [ddp|fsdp]` (2 CPU
+processes, gloo; DDP by default): each rank writes `<out_dir>/rank<r>.json` with the results of `skip_one` and `stop_after_k`. The test
 also calls both functions in its own process (one device).
 """
 
@@ -109,18 +109,30 @@ def _optimizer_state(optimizer) -> dict:
     }
 
 
-def _equal(a: dict, b: dict) -> bool:
+def _equal(a: dict | None, b: dict) -> bool | None:
+    if a is None:
+        return None
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _fit(out: Path, devices: int, data: Data, callbacks: list, optim: dict | None) -> tuple:
+def _strategy(devices: int, name: str):
+    if devices == 1:
+        return "auto"
+    if name == "fsdp":
+        from cliplab.lit.sharding import FSDP2Strategy
+
+        return FSDP2Strategy(process_group_backend="gloo")
+    return pl.strategies.DDPStrategy(process_group_backend="gloo")
+
+
+def _fit(out: Path, devices: int, data: Data, callbacks: list, optim: dict | None, strategy: str) -> tuple:
     pl.seed_everything(0)
     module = CLIPModule(model=MODEL, loss=LOSS, optim=optim or {"_target_": "torch.optim.AdamW", "lr": 1e-3})
     snapshots = Snapshots()
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=devices,
-        strategy=pl.strategies.DDPStrategy(process_group_backend="gloo") if devices > 1 else "auto",
+        strategy=_strategy(devices, strategy),
         max_epochs=1,
         log_every_n_steps=1,
         logger=False,
@@ -138,11 +150,13 @@ def _fit(out: Path, devices: int, data: Data, callbacks: list, optim: dict | Non
     return trainer, module, snapshots, error
 
 
-def skip_one(out: Path, devices: int = 1, nan_rank: int = 0, optim: dict | None = None) -> dict:
+def skip_one(
+    out: Path, devices: int = 1, nan_rank: int = 0, optim: dict | None = None, strategy: str = "ddp"
+) -> dict:
     """NaN at step NAN_STEP on `nan_rank`: skipped on every rank, counted, training goes on; fault counts."""
     data = Data(out / "data_faults", [NAN_STEP], nan_rank)
     callbacks = [TrainingHealth(max_consecutive_skips=K), DataFaultLogger()]
-    trainer, module, snapshots, error = _fit(out, devices, data, callbacks, optim)
+    trainer, module, snapshots, error = _fit(out, devices, data, callbacks, optim, strategy)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return {
         "error": error,
@@ -155,7 +169,7 @@ def skip_one(out: Path, devices: int = 1, nan_rank: int = 0, optim: dict | None 
     }
 
 
-def stop_after_k(out: Path, devices: int = 1, nan_rank: int = 0) -> dict:
+def stop_after_k(out: Path, devices: int = 1, nan_rank: int = 0, strategy: str = "ddp") -> dict:
     """NaN at every step from NAN_STEP on `nan_rank`: K skips in a row stop the run; the weights, last.ckpt
     and the exception checkpoint are those after the last finite step."""
     data = Data(out / "data_faults", range(NAN_STEP, STEPS), nan_rank)
@@ -172,9 +186,11 @@ def stop_after_k(out: Path, devices: int = 1, nan_rank: int = 0) -> dict:
             if batch_idx == NAN_STEP:
                 last_good.update(_params(module))
 
-    trainer, module, snapshots, error = _fit(out, devices, data, [KeepLastGood(), *callbacks], None)
+    trainer, module, snapshots, error = _fit(out, devices, data, [KeepLastGood(), *callbacks], None, strategy)
 
-    def weights_of(path: Path) -> dict:
+    def weights_of(path: Path) -> dict | None:
+        if path.is_dir():  # FSDP2's sharded checkpoint: not compared here
+            return None
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
         return {name.removeprefix("model."): value for name, value in state.items()}
 
@@ -189,10 +205,10 @@ def stop_after_k(out: Path, devices: int = 1, nan_rank: int = 0) -> dict:
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
+    out, strategy = Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "ddp"
     torch.set_num_threads(1)
-    result = {"skip_one": skip_one(out / "skip_one", 2, nan_rank=1)}
-    result["stop_after_k"] = stop_after_k(out / "stop_after_k", 2, nan_rank=0)
+    result = {"skip_one": skip_one(out / "skip_one", 2, nan_rank=1, strategy=strategy)}
+    result["stop_after_k"] = stop_after_k(out / "stop_after_k", 2, nan_rank=0, strategy=strategy)
     (out / f"rank{torch.distributed.get_rank()}.json").write_text(json.dumps(result))
 
 
