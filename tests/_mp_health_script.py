@@ -125,9 +125,11 @@ def _strategy(devices: int, name: str):
     return pl.strategies.DDPStrategy(process_group_backend="gloo")
 
 
-def _fit(out: Path, devices: int, data: Data, callbacks: list, optim: dict | None, strategy: str) -> tuple:
+def _fit(
+    out: Path, devices: int, data: Data, callbacks: list, optim: dict | None, strategy: str, loss: dict = LOSS
+) -> tuple:
     pl.seed_everything(0)
-    module = CLIPModule(model=MODEL, loss=LOSS, optim=optim or {"_target_": "torch.optim.AdamW", "lr": 1e-3})
+    module = CLIPModule(model=MODEL, loss=loss, optim=optim or {"_target_": "torch.optim.AdamW", "lr": 1e-3})
     snapshots = Snapshots()
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -151,12 +153,17 @@ def _fit(out: Path, devices: int, data: Data, callbacks: list, optim: dict | Non
 
 
 def skip_one(
-    out: Path, devices: int = 1, nan_rank: int = 0, optim: dict | None = None, strategy: str = "ddp"
+    out: Path,
+    devices: int = 1,
+    nan_rank: int = 0,
+    optim: dict | None = None,
+    strategy: str = "ddp",
+    loss: dict = LOSS,
 ) -> dict:
     """NaN at step NAN_STEP on `nan_rank`: skipped on every rank, counted, training goes on; fault counts."""
     data = Data(out / "data_faults", [NAN_STEP], nan_rank)
     callbacks = [TrainingHealth(max_consecutive_skips=K), DataFaultLogger()]
-    trainer, module, snapshots, error = _fit(out, devices, data, callbacks, optim, strategy)
+    trainer, module, snapshots, error = _fit(out, devices, data, callbacks, optim, strategy, loss)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return {
         "error": error,

@@ -17,7 +17,7 @@ import pytest
 
 from cliplab.callbacks.training_health import TrainingHealth
 from cliplab.utils.errors import ConfigError
-from tests._mp_health_script import FAULTS, NAN_STEP, STEPS, K, skip_one, stop_after_k
+from tests._mp_health_script import FAULTS, LOSS, NAN_STEP, STEPS, K, skip_one, stop_after_k
 
 SCRIPT = Path(__file__).with_name("_mp_health_script.py")
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,11 +46,15 @@ def _check_stop_after_k(result: dict) -> None:
     assert result["exception_ckpt_is_last_good"]
 
 
-@pytest.mark.parametrize("optim", ["fused", "foreach"])
-def test_nan_step_is_skipped_and_counted(tmp_path, optim):
-    # fused AdamW (the default) skips on the device; foreach AdamW through the host-side decision
+FEATURE_CACHE = {"_target_": "cliplab.losses.feature_cache.FeatureCacheLoss", "loss": LOSS, "chunk_size": 2}
+
+
+@pytest.mark.parametrize(("optim", "loss"), [("fused", LOSS), ("foreach", LOSS), ("fused", FEATURE_CACHE)])
+def test_nan_step_is_skipped_and_counted(tmp_path, optim, loss):
+    # fused AdamW (the default) skips on the device; foreach AdamW through the host-side decision; the
+    # feature-cache loss steps by manual optimization
     extra = {"foreach": True} if optim == "foreach" else {}
-    result = skip_one(tmp_path, optim={"_target_": "torch.optim.AdamW", "lr": 1e-3, **extra})
+    result = skip_one(tmp_path, optim={"_target_": "torch.optim.AdamW", "lr": 1e-3, **extra}, loss=loss)
     _check_skip_one(result)
     assert result["metrics"]["data/corrupt_image"] == len(FAULTS[0])
 
