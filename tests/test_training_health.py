@@ -8,14 +8,18 @@ under torchrun (about 15 s on two cores, most of it importing).
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
-from cliplab.callbacks.training_health import TrainingHealth
+from cliplab.callbacks import training_health
+from cliplab.callbacks.training_health import TrainingDivergedError, TrainingHealth
 from cliplab.utils.errors import ConfigError
 from tests._mp_health_script import FAULTS, LOSS, NAN_STEP, STEPS, K, skip_one, stop_after_k
 
@@ -115,3 +119,32 @@ def test_fault_totals_count_each_fault_once(two_ranks):
         }
         assert {key: value for key, value in logged.items() if value} == expected
         assert len(logged) == 9
+
+
+def test_counts_survive_a_resume(monkeypatch):
+    """The counts are checkpointed: the run of skips continues across a resume; a finite step ends it."""
+    monkeypatch.setattr(training_health, "is_logging_step", lambda trainer: True)
+    param = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.AdamW([param], fused=True)
+    trainer, module = SimpleNamespace(global_step=7), SimpleNamespace(log=lambda *args, **kwargs: None)
+
+    def step(health: TrainingHealth, value: float) -> None:
+        param.grad = torch.full((2,), value)
+        health.on_before_optimizer_step(trainer, module, optimizer)
+        optimizer.step()
+        health.on_train_batch_end(trainer, module)
+
+    health = TrainingHealth(max_consecutive_skips=2)
+    step(health, 1.0)
+    step(health, math.nan)
+    state = health.state_dict()
+    assert state == {"skipped_steps": 1, "consecutive_skips": 1}
+    healed = TrainingHealth(max_consecutive_skips=2)
+    healed.load_state_dict(state)
+    step(healed, 1.0)  # a finite step ends the run of skips
+    step(healed, math.nan)
+    assert healed.state_dict() == {"skipped_steps": 2, "consecutive_skips": 1}
+    again = TrainingHealth(max_consecutive_skips=2)
+    again.load_state_dict(state)
+    with pytest.raises(TrainingDivergedError, match="2 optimizer steps in a row"):
+        step(again, math.nan)  # the second in a row, across the resume

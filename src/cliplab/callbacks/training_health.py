@@ -116,4 +116,6 @@ class TrainingHealth(pl.Callback):
         skipped, run = (
             torch.as_tensor(state_dict[k]).float() for k in ("skipped_steps", "consecutive_skips")
         )
-        self._restored, self._counts = torch.stack([skipped, run, run]), None
+        # the run of skips goes on across the resume; the longest run restarts from it (a stopped run resumed
+        # with a fix must not stop again at its first logging step)
+        self._restored, self._counts = torch.stack([skipped, run, torch.zeros(())]), None
