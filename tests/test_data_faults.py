@@ -152,3 +152,33 @@ def test_missing_shard_pattern_fails_at_startup(tmp_path):
         dm.setup("fit")
     with pytest.raises(ValueError, match="data.train.urls"):
         CLIPDataModule(train=WebDatasetSource(""), batch_size=2).setup("fit")
+
+
+def test_each_rank_counts_its_own_faults_with_every_key(tmp_path):
+    """Ranks share fault_dir: each data module's summary holds its own rank's faults, under the same keys."""
+    import pickle
+    from types import SimpleNamespace
+
+    from cliplab.data.faults import SUMMARY_KEYS, FaultLog
+
+    modules = []
+    for rank in (0, 1):
+        dm = CLIPDataModule(train=WebDatasetSource(f"{tmp_path}/none.tar"), fault_dir=tmp_path, batch_size=2)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        with pytest.raises(ValueError, match="data.train.urls"):  # no shards: the rank is bound first
+            dm.setup("fit")
+        modules.append(dm)
+    for _ in range(2):
+        modules[0].faults.record("corrupt_image", "s0.tar", "k")
+    modules[1].faults.record("truncated_shard", "s1.tar", None)
+    assert (
+        modules[0].faults.directory == str(tmp_path / "rank0")
+        and modules[0].faults.for_rank(0) is modules[0].faults
+    )
+    zero = dict.fromkeys(SUMMARY_KEYS, 0)
+    assert modules[0].fault_summary() == {**zero, "corrupt_image": 2, "skipped_samples": 2}
+    assert modules[1].fault_summary() == {**zero, "truncated_shard": 1, "skipped_shards": 1}
+    assert pickle.loads(pickle.dumps(modules[1].faults)).summary() == modules[1].fault_summary()  # a worker's
+    assert FaultLog(tmp_path).summary() == zero  # the shared root itself holds no rank's faults
+    with pytest.raises(ValueError, match="unknown data fault kind 'bad'"):
+        modules[0].faults.record("bad", None, None)

@@ -169,6 +169,9 @@ def test_no_host_device_sync_outside_logging_steps(cfg_factory, monkeypatch):
         assert metrics["train/flops_seen"] == pytest.approx(per_sample * samples, rel=1e-6)
         assert metrics["train/batches"] == step + 1 and metrics["train/samples"] == samples
         assert metrics["train/time"] == SECONDS_PER_STEP * (step + 1)
+        # training health (on the device every step, read on logging steps): finite steps, none skipped
+        assert metrics["train/skipped_steps"] == 0 and 0 < metrics["train/grad_norm"] < float("inf")
+        assert 1 < metrics["train/logit_scale"] <= 100  # exp of the clamped parameter, as the loss uses it
     assert "train/device/samples_per_sec" not in recorder.steps[2]  # the window (3 batches) is not full yet
     # steps 3-5 in 30 s: what Lightning's per-batch monitor reports with the same window
     rates = recorder.steps[5]

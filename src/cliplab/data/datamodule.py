@@ -141,6 +141,7 @@ class CLIPDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         rank, world = self._rank_and_world()
+        self.faults = self.faults.for_rank(rank)  # ranks share fault_dir; each owns its rank<r> subdirectory
         if self.batch_size % world:
             raise ValueError(
                 f"data.batch_size={self.batch_size} (global) is not divisible by {world} devices"

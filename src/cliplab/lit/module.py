@@ -164,6 +164,7 @@ class CLIPModule(pl.LightningModule):
         # No `prog_bar`: Lightning would call `.item()` on it after every batch (a wait for the GPU); the
         # default progress bar (cliplab.callbacks.progress.ClipProgressBar) shows it as of logging steps.
         self.log("train/loss", loss)
+        # The temperature as the loss used it: exp of the clamped parameter (at most 100), not the log-space value.
         self.log("train/logit_scale", out["logit_scale"].detach())
         self.log("train/samples_seen", self._samples_seen_value.fill_(self.samples_seen))
         return loss

@@ -40,6 +40,9 @@ def grad_cache_backward(
     gradients afterwards (or let the strategy do it): the gathered loss already sums the feature
     gradients across ranks, the per-chunk re-runs need no communication.
     """
+    # here, not at the top: cliplab.models.clip imports cliplab.losses (its gather helpers)
+    from cliplab.models.clip import MAX_LOGIT_SCALE
+
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     device = images.device
@@ -55,8 +58,10 @@ def grad_cache_backward(
     image_features = torch.cat(image_cache).requires_grad_()
     text_features = torch.cat(text_cache).requires_grad_()
 
-    # gradients reach logit_scale / logit_bias directly, and the features' .grad
-    loss = loss_fn(image_features, text_features, model.logit_scale.exp(), model.logit_bias)
+    # gradients reach logit_scale / logit_bias directly, and the features' .grad; the temperature is
+    # clamped as the model's forward clamps it (at most 100, no gradient beyond)
+    logit_scale = model.logit_scale.clamp(0, MAX_LOGIT_SCALE).exp()
+    loss = loss_fn(image_features, text_features, logit_scale, model.logit_bias)
     loss.backward()
 
     image_grads = image_features.grad.split(chunk_size)
