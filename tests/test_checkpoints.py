@@ -193,3 +193,60 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes(emoji_ready, tmp_p
     assert f"ckpt_path=last resumes from {last}" in output or "Restoring states" in output
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 60
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+# ---- sharded folders: an FSDP2 distributed checkpoint made by 2 gloo processes ----------------------------
+
+
+@pytest.fixture(scope="module")
+def fsdp_folder(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fsdp")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [str(ROOT / "tests" / "_mp_train_script.py"), "fsdp", str(out), "save-only"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "epoch0.ckpt").is_dir()
+    return out / "epoch0.ckpt"
+
+
+def test_fsdp2_folder_is_consolidated_and_the_model_rebuilt_from_its_hyperparameters(fsdp_folder):
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    from cliplab.checkpoints.load import check_safe, load_module
+
+    assert check_safe(fsdp_folder) == "dcp"
+    module = load_module(fsdp_folder)
+    saved = _load_state_dict_from_keys("state_dict", checkpoint_id=str(fsdp_folder))["state_dict"]
+    got = module.state_dict()
+    assert set(got) == set(saved) and all(torch.equal(got[k], saved[k]) for k in saved)
+    assert module.model.visual.output_dim == module.hparams.model["embed_dim"]
+
+
+def test_eval_and_sweep_resume_accept_the_folder(fsdp_folder, tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from cliplab.checkpoints.resume import resume_path
+    from cliplab.eval.run import load_model
+    from cliplab.sweeps import jobs
+
+    job = tmp_path / "job"
+    (job / "checkpoints").mkdir(parents=True)
+    os.symlink(fsdp_folder, job / "checkpoints" / "last.ckpt")
+    cfg = OmegaConf.create({"paths": {"output_dir": str(job)}, "ckpt_path": None, "sweep_resume": True})
+    monkeypatch.setattr(jobs, "_hydra_job", lambda: (True, str(tmp_path), "seed=1"))
+    jobs.start_job(cfg)
+    assert cfg.ckpt_path == str(job / "checkpoints" / "last.ckpt")
+    # under DDP a sharded folder cannot resume: one line naming the strategy that can
+    cfg.trainer = {"strategy": "ddp"}
+    with pytest.raises(ConfigError, match="trainer=fsdp"):
+        resume_path(cfg)
+    cfg.trainer = {"strategy": {"_target_": "cliplab.lit.sharding.FSDP2Strategy"}}
+    assert resume_path(cfg) == str(job / "checkpoints" / "last.ckpt")
+    model, _, image_size, source = load_model(
+        OmegaConf.create({"ckpt_path": str(job), "output_dir": str(job)})
+    )
+    assert source == str(job / "checkpoints" / "last.ckpt") and image_size == 32
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32), torch.randint(1, 999, (2, 16)))
+    assert torch.isfinite(out["image_features"]).all()

@@ -179,7 +179,9 @@ def load_model(cfg) -> tuple[nn.Module, object, int, str]:
             raise ConfigError(f"checkpoint not found: {cfg.ckpt_path} (give a checkpoint or a run directory)")
         path = resolve_ckpt_path(cfg.ckpt_path, cfg.get("output_dir", "."))
         module = load_module(path, allow_unsafe_pickle=cfg.get("allow_unsafe_pickle", False))
-        return module.model, module.tokenizer, int(module.hparams.model["image_size"]), str(path)
+        model_cfg = module.hparams.model
+        image_size = model_cfg.get("image_size", model_cfg.get("image_tower", {}).get("image_size"))
+        return module.model, module.tokenizer, int(image_size), str(path)
     if cfg.get("open_clip_ckpt"):
         from hydra.utils import instantiate
 
