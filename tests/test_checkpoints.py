@@ -250,3 +250,47 @@ def test_eval_and_sweep_resume_accept_the_folder(fsdp_folder, tmp_path, monkeypa
     with torch.no_grad():
         out = model(torch.randn(2, 3, 32, 32), torch.randint(1, 999, (2, 16)))
     assert torch.isfinite(out["image_features"]).all()
+
+
+class SignalsItself(Tiny):
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return super().training_step(batch, batch_idx)
+
+
+def test_slurm_requeue_signal_saves_at_a_step_boundary_and_requeues(tmp_path, monkeypatch):
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from cliplab.callbacks import preemption
+    from cliplab.callbacks.preemption import PreemptionCheckpoint
+
+    calls = []
+    monkeypatch.setattr(
+        preemption.subprocess,
+        "run",
+        lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0),
+    )
+    monkeypatch.setenv("SLURM_JOB_ID", "1234")
+    callback = PreemptionCheckpoint(dirpath=str(tmp_path), requeue_signal="SIGUSR1")
+    trainer = pl.Trainer(
+        max_steps=10, callbacks=[callback], logger=False, enable_progress_bar=False, enable_model_summary=False,
+         accelerator="cpu", limit_val_batches=0,
+    )  # fmt: skip
+    with pytest.raises(SIGTERMException):
+        trainer.fit(
+            SignalsItself(), train_dataloaders=DataLoader(TensorDataset(torch.randn(32, 2)), batch_size=2)
+        )
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 3  # the step that got it
+    assert calls == [["scontrol", "requeue", "1234"]]
+    assert signal.getsignal(signal.SIGUSR1) is not callback  # restored after the run
+
+
+def test_slurm_preset_turns_off_lightnings_handler_and_requeues_on_sigusr1():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    preset = OmegaConf.load(ROOT / "conf" / "cluster" / "slurm.yaml")  # its launcher plugin is optional
+    (plugin,) = instantiate(preset.trainer.plugins)
+    assert plugin.auto_requeue is False
+    assert preset.callbacks.preemption_checkpoint.requeue_signal == "SIGUSR1"
