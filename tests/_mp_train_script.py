@@ -1,6 +1,6 @@
 """Trains a very small CLIP on in-memory random data; run it under torchrun (2 CPU processes, gloo).
 
-`python -m torch.distributed.run --nproc_per_node 2 tests/_mp_train_script.py <ddp|fsdp> <out_dir>`
+`python -m torch.distributed.run --nproc_per_node 2 tests/_mp_train_script.py <ddp|fsdp> <out_dir> [save-only]`
 
 Three fits in one process group: two epochs straight through; two epochs again but stopping after the
 first (saving a checkpoint); resuming from that checkpoint for the second epoch. Rank 0 writes
@@ -138,6 +138,9 @@ def fit(name: str, out: Path, epochs: int, ckpt_path: str | None = None) -> Reco
 def main() -> None:
     name, out = sys.argv[1], Path(sys.argv[2])
     torch.set_num_threads(1)
+    if sys.argv[3:] == ["save-only"]:  # only the one-epoch fit and its checkpoint (`epoch0.ckpt`)
+        fit(name, out, epochs=1)
+        return
     straight = fit(name, out, epochs=2)
     first = fit(name, out, epochs=1)
     resumed = fit(name, out, epochs=2, ckpt_path=str(out / "epoch0.ckpt"))

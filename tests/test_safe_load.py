@@ -1,6 +1,8 @@
 """Loading never runs code from a checkpoint; mismatches are explained with keys, shapes and the model."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,96 @@ def test_shape_mismatch_lists_both_shapes():
     model = torch.nn.Linear(4, 2)
     with pytest.raises(CheckpointMismatchError, match=r"weight: checkpoint \(3, 4\) vs model \(2, 4\)"):
         check_state_dict(model, {"weight": torch.zeros(3, 4), "bias": torch.zeros(2)})
+
+
+# ---- every path that loads a checkpoint refuses a crafted pickle, in one line, and runs nothing -------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def crafted_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+    """A Lightning-looking checkpoint whose hyperparameters would create `marker` when unpickled."""
+    marker, path = tmp_path / "pwned", tmp_path / "evil.ckpt"
+    torch.save(
+        {"state_dict": {"w": torch.zeros(1)}, "global_step": 1, "hyper_parameters": Payload(marker)}, path
+    )
+    return path, marker
+
+
+def run_entry_point(script: str, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "CLIPLAB_ROOT": str(tmp_path),
+        "PYTHONPATH": str(ROOT / "src"),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [sys.executable, str(ROOT / "src" / script), *overrides]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_refusal(proc: subprocess.CompletedProcess, marker: Path) -> None:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "allow_unsafe_pickle" in lines[0], lines
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("script", ["eval.py", "train.py"])
+def test_eval_and_resume_refuse_a_crafted_checkpoint(tmp_path, script):
+    path, marker = crafted_checkpoint(tmp_path)
+    overrides = ["zeroshot=[emoji]"] if script == "eval.py" else ["logger=csv", "data.num_workers=0"]
+    assert_one_line_refusal(run_entry_point(script, tmp_path, f"ckpt_path={path}", *overrides), marker)
+
+
+def test_resume_of_a_run_dir_and_sweep_resume_refuse_a_crafted_checkpoint(cfg_factory, tmp_path, monkeypatch):
+    from cliplab.checkpoints.resume import resume_path
+    from cliplab.sweeps import jobs
+
+    path, marker = crafted_checkpoint(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    path.rename(tmp_path / "checkpoints" / "last.ckpt")
+    from omegaconf import open_dict
+
+    cfg = cfg_factory(["logger=csv"])
+    with open_dict(cfg):
+        cfg.sweep_resume = True
+    monkeypatch.setattr(jobs, "_hydra_job", lambda: (True, str(tmp_path), "seed=1"))
+    jobs.start_job(cfg)  # sweep resume picks the job's newest checkpoint ...
+    assert cfg.ckpt_path == str(tmp_path / "checkpoints" / "last.ckpt")
+    with pytest.raises(UnsafeCheckpointError, match="allow_unsafe_pickle"):  # ... which train() refuses
+        resume_path(cfg)
+    cfg.ckpt_path = str(tmp_path)  # a run directory
+    with pytest.raises(UnsafeCheckpointError):
+        resume_path(cfg)
+    assert not marker.exists()
+
+
+def test_pretrained_and_interop_refuse_a_crafted_checkpoint(cfg_factory, tmp_path):
+    from cliplab.models.interop import load_openclip_checkpoint
+    from cliplab.pipeline import build_module, load_pretrained
+
+    path, marker = crafted_checkpoint(tmp_path)
+    cfg = cfg_factory([f"pretrained={path}"])
+    module = build_module(cfg)
+    with pytest.raises(UnsafeCheckpointError):
+        load_pretrained(module, cfg)
+    with pytest.raises(UnsafeCheckpointError):
+        load_openclip_checkpoint(module.model, path)
+    assert not marker.exists()
+
+
+def test_a_sharded_folder_with_a_crafted_metadata_pickle_is_refused(tmp_path):
+    import pickle
+
+    from cliplab.checkpoints.load import check_safe, load_checkpoint
+
+    marker, folder = tmp_path / "pwned", tmp_path / "step_00000001.ckpt"
+    folder.mkdir()
+    (folder / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
+    torch.save({"global_step": 1}, folder / "meta.pt")
+    for load in (check_safe, load_checkpoint):
+        with pytest.raises(UnsafeCheckpointError, match="allow_unsafe_pickle") as err:
+            load(folder)
+        assert "\n" not in str(err.value)
+    assert not marker.exists()

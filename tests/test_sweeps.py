@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from omegaconf import OmegaConf
 
@@ -94,7 +95,8 @@ def test_interrupted_job_resumes_from_last_ckpt(job_cfg, monkeypatch):
     monkeypatch.setattr(sweep_jobs, "_hydra_job", lambda: (True, "/logs/sweeps/demo", "scale=s1,seed=3"))
     last = Path(job_cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
-    last.write_bytes(b"")
+    torch.save({"state_dict": {}}, last)
+    (last.parent / ".step_00000009.ckpt.partial").write_bytes(b"PK")  # a write that was killed: skipped
     assert sweep_jobs.start_job(job_cfg) is None
     assert job_cfg.ckpt_path == str(last)
     wandb = job_cfg.logger.wandb

@@ -39,14 +39,18 @@ def nominal_flops_per_sample(cfg) -> float:
 def test_run_saves_checkpoints_metrics_and_results(cfg_factory, emoji_ready, tmp_path):
     cfg = cfg_factory([*TINY, "trainer.max_epochs=2"])
     metrics = train(cfg)
-    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
-    assert "last.ckpt" in ckpts and "epoch_000.ckpt" in ckpts and "epoch_001.ckpt" in ckpts
+    # keep-last-1 by step (the final step) + best-1 by val/loss + last.ckpt (a link to the newest)
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert len(ckpts) == 3 and ckpts[1:] == ["last.ckpt", "step_00000008.ckpt"], ckpts
+    assert ckpts[0].startswith("best_step_")
+    assert (tmp_path / "checkpoints" / "last.ckpt").resolve().name == "step_00000008.ckpt"
     assert json.loads((tmp_path / "metrics.json").read_text())["train/loss"] == pytest.approx(
         metrics["train/loss"]
     )
     assert (tmp_path / "results.md").is_file()
     assert any(k.startswith("zeroshot/") for k in metrics)
-    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    # cliplab's own checkpoints need nothing beyond tensors and plain containers
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["hyper_parameters"]["config"]["model"]["embed_dim"] == cfg.model.embed_dim
     assert state["samples_seen"] == 2 * 4 * 16
     # emoji captions are far shorter than the context: trimmed batches did less than the nominal FLOPs

@@ -68,3 +68,41 @@ def test_bad_config_is_one_clear_line(cfg_factory, overrides, fragment):
 def test_gpu_trainers_refuse_cpu_only_machines(cfg_factory, trainer):
     with pytest.raises(ConfigError, match=f"trainer={trainer}|needs|GPU"):
         check(cfg_factory, [f"trainer={trainer}"])
+
+
+def test_every_missing_value_is_named_with_an_example(cfg_factory):
+    from cliplab.utils.missing import example_value
+
+    for overrides, key in (
+        (["data=csv"], "data.train.path"),
+        (["data=folder"], "data.train.root"),
+        (["zeroshot=[folder]"], "zeroshot.folder.root"),
+    ):
+        with pytest.raises(ConfigError, match=f"^{key} is required: python src/.*{key}=/data/") as err:
+            validate(cfg_factory(overrides))
+        assert "\n" not in str(err.value)
+        assert example_value(key)  # every `???` in conf/ has an example in a comment
+
+
+def test_data_csv_without_a_path_is_one_line_not_a_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "CLIPLAB_ROOT": str(tmp_path),
+        "PYTHONPATH": str(root / "src"),
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(root / "src" / "train.py"), "data=csv"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: data.train.path is required: python src/train.py data=csv data.train.path=/data/mine/train.csv"
+    ]
+    assert "Traceback" not in proc.stdout

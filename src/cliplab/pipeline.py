@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from cliplab.checkpoints.resume import resume_path
 from cliplab.data.shard_lists import NoShardsError
 from cliplab.lit.module import CLIPModule
 from cliplab.sweeps.jobs import start_job
@@ -108,6 +109,8 @@ def train(cfg: DictConfig) -> dict:
     if finished is not None:
         return finished
     validate(cfg)
+    # `last`, a run directory or a checkpoint: resolved, and refused (one line) if loading could run code
+    cfg.ckpt_path = resume_path(cfg)
     try:
         tokenizer = instantiate(cfg.model.text_tower.tokenizer)
     except Exception as err:  # a tokenizer that cannot load its vocabulary is a setup problem
@@ -128,7 +131,8 @@ def train(cfg: DictConfig) -> dict:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        weights_only = not cfg.get("allow_unsafe_pickle", False)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=weights_only)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test") and trainer.is_global_zero:
             results = final_results(trainer, metrics)

@@ -176,8 +176,18 @@ def _shards_blocks(cfg: DictConfig) -> bool:
     return "fsdp" in target or "stage_3" in target or stage == 3
 
 
+def check_missing(cfg: DictConfig) -> None:
+    """A `???` value not given yet: name the key with an example command (before anything reads it)."""
+    from cliplab.utils.missing import missing_keys, missing_message
+
+    missing = missing_keys(cfg)
+    if missing:
+        raise ConfigError(missing_message(missing[0]))
+
+
 def validate(cfg: DictConfig) -> None:
     """All rules that need no data and no model; raises ConfigError with the first problem found."""
+    check_missing(cfg)
     check_types(cfg)
     check_towers(cfg)
     check_loss(cfg)

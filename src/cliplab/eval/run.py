@@ -163,19 +163,25 @@ def evaluate_retrieval(model: nn.Module, batches: Iterable, ks=(1, 5, 10)) -> di
 
 
 def load_model(cfg) -> tuple[nn.Module, object, int, str]:
-    """`(model, tokenizer, image_size, description)` from `cfg.ckpt_path` (a cliplab Lightning checkpoint,
-    rebuilt from the config stored in it) or `cfg.open_clip_ckpt` (via cliplab.models.interop)."""
+    """`(model, tokenizer, image_size, description)` from `cfg.ckpt_path` (a cliplab checkpoint file, an
+    FSDP2 or DeepSpeed checkpoint folder consolidated on load, or a run directory: its newest complete
+    checkpoint; the model is rebuilt from the config stored in it) or `cfg.open_clip_ckpt` (via
+    cliplab.models.interop). Pickles that could run code are refused unless `allow_unsafe_pickle`."""
     from cliplab.utils.errors import ConfigError
 
     if cfg.get("ckpt_path"):
         from pathlib import Path
 
-        from cliplab.lit.module import CLIPModule
+        from cliplab.checkpoints.find import resolve_ckpt_path
+        from cliplab.checkpoints.load import load_module
 
-        if not Path(cfg.ckpt_path).is_file():
-            raise ConfigError(f"checkpoint not found: {cfg.ckpt_path}")
-        module = CLIPModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=False)
-        return module.model, module.tokenizer, int(module.hparams.model["image_size"]), str(cfg.ckpt_path)
+        if str(cfg.ckpt_path) == "last" or not Path(cfg.ckpt_path).exists():
+            raise ConfigError(f"checkpoint not found: {cfg.ckpt_path} (give a checkpoint or a run directory)")
+        path = resolve_ckpt_path(cfg.ckpt_path, cfg.get("output_dir", "."))
+        module = load_module(path, allow_unsafe_pickle=cfg.get("allow_unsafe_pickle", False))
+        model_cfg = module.hparams.model
+        image_size = model_cfg.get("image_size", model_cfg.get("image_tower", {}).get("image_size"))
+        return module.model, module.tokenizer, int(image_size), str(path)
     if cfg.get("open_clip_ckpt"):
         from hydra.utils import instantiate
 

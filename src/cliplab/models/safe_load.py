@@ -49,15 +49,32 @@ def load_file(path: str | Path, allow_unsafe_pickle: bool = False, map_location=
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         if not allow_unsafe_pickle:
-            raise UnsafeCheckpointError(
-                f"{path} is a pickle that needs more than tensors to load, so loading it could run code "
-                f"from the file. Refused. If you trust the file, pass allow_unsafe_pickle=True (config: "
-                f"`allow_unsafe_pickle: true`), or convert it to safetensors. torch said: {_first_line(err)}"
-            ) from None
+            raise _unsafe(path, err) from None
     log.warning(
         "Loading %s with full unpickling (allow_unsafe_pickle=True): only do this for trusted files", path
     )
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def refuse_unsafe_pickle(path: str | Path) -> None:
+    """Raise `UnsafeCheckpointError` if `path` needs more than tensors and plain containers to unpickle.
+
+    Memory-maps the file, so no tensor data is read: cheap enough to run before a resume.
+    """
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        raise _unsafe(path, err) from None
+    except RuntimeError:  # not a zip archive (legacy format): mmap is not possible, read it
+        load_file(path)
+
+
+def _unsafe(path: Path, err: Exception) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"{path} is a pickle that needs more than tensors to load, so loading it could run code "
+        f"from the file. Refused. If you trust the file, pass allow_unsafe_pickle=True (config: "
+        f"`allow_unsafe_pickle: true`), or convert it to safetensors. torch said: {_first_line(err)}"
+    )
 
 
 def load_state_dict(path: str | Path, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:

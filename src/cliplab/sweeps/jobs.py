@@ -11,6 +11,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from cliplab.checkpoints.find import newest_checkpoint
+
 log = logging.getLogger("cliplab")
 
 METRICS_FILE = "metrics.json"
@@ -68,7 +70,8 @@ def _name_wandb_run(cfg: DictConfig, sweep_dir: str | None, job_name: str | None
 
 def start_job(cfg: DictConfig) -> dict | None:
     """Called at the start of `pipeline.train`. Returns the saved metrics of a finished job (skip it), else
-    None after pointing `ckpt_path` at the job's `last.ckpt` when an earlier attempt left one."""
+    None after pointing `ckpt_path` at the job's newest complete checkpoint (a file, or an FSDP2 / DeepSpeed
+    folder) when an earlier attempt left one; `pipeline.train` refuses it if it could run code."""
     multirun, sweep_dir, job_name = _hydra_job()
     enabled = cfg.get("sweep_resume")
     if not (multirun if enabled is None else enabled):
@@ -77,8 +80,8 @@ def start_job(cfg: DictConfig) -> dict | None:
     if is_finished(job_dir):
         log.info("sweep job %s already finished (%s): skipped", job_name or job_dir, METRICS_FILE)
         return read_metrics(job_dir)
-    last = job_dir / "checkpoints" / "last.ckpt"
-    if cfg.get("ckpt_path") is None and last.is_file():
+    last = newest_checkpoint(job_dir / "checkpoints")
+    if cfg.get("ckpt_path") is None and last is not None:
         log.info("sweep job %s resumes from %s", job_name or job_dir, last)
         cfg.ckpt_path = str(last)
     _name_wandb_run(cfg, sweep_dir, job_name, job_dir)

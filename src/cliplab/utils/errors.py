@@ -21,9 +21,17 @@ class DataError(CliplabError):
 
 
 def exit_on_user_error(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Runs `fn`; a `CliplabError` becomes one line on stderr and exit status 2."""
+    """Runs `fn`; a `CliplabError` (or a `???` config value read before validation named it) becomes one
+    line on stderr and exit status 2."""
+    from omegaconf.errors import MissingMandatoryValue
+
     try:
         return fn(*args, **kwargs)
     except CliplabError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except MissingMandatoryValue as err:
+        from cliplab.utils.missing import missing_message
+
+        print(f"error: {missing_message(err.full_key)}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -1,0 +1,1 @@
+"""Checkpoint files and folders: atomic writes, finding the newest complete one, loading safely."""
