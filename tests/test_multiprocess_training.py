@@ -18,8 +18,6 @@ SCRIPT = Path(__file__).with_name("_mp_train_script.py")
 # float32 rounding (observed: bitwise equal on CPU).
 RTOL = 1e-5
 
-pytestmark = pytest.mark.slow
-
 
 def _run(strategy: str, out: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

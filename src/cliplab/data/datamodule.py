@@ -13,6 +13,7 @@ position, or the sampler's) Lightning saves in every checkpoint and restores mid
 """
 
 import logging
+import signal
 import warnings
 
 import pytorch_lightning as pl
@@ -81,6 +82,12 @@ class EpochDataLoader(StatefulDataLoader):
             self.dataset.set_epoch(self.next_epoch)
             self.next_epoch += 1
         return super().__iter__()
+
+
+def _ignore_termination(worker_id: int) -> None:
+    """Loader workers leave SIGTERM to the main process: a scheduler signals every process of a job, and
+    the main process saves a checkpoint at the next step before it ends its workers itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -193,6 +200,7 @@ class CLIPDataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
             first_epoch=self.first_epoch if train else 0,
+            worker_init_fn=_ignore_termination if workers > 0 else None,
             **split,
         )
 
