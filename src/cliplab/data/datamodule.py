@@ -77,6 +77,12 @@ class EpochDataLoader(StatefulDataLoader):
             state = state["per_rank"][rank]
         super().load_state_dict(state)
 
+    def forget_position(self) -> None:
+        """Start the next iteration at the beginning of its epoch, whatever position was loaded."""
+        self.next_iter_state, self._iterator = None, None
+        if hasattr(self.dataset, "forget_position"):
+            self.dataset.forget_position()
+
     def __iter__(self):
         if hasattr(self.dataset, "set_epoch") and isinstance(self.dataset, IterableDataset):
             self.dataset.set_epoch(self.next_epoch)

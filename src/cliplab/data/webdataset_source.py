@@ -244,6 +244,9 @@ class ShardStream(IterableDataset):
         else:
             self._resume, self._next_epoch = position, position.epoch
 
+    def forget_position(self) -> None:
+        self._resume = None
+
     # ------------------------------------------------------------------------------------------------
     def _plan(self, worker: int) -> SlotPlan:
         fixed = self.batches_per_epoch() if self.samples_per_epoch is not None else None
