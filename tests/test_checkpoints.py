@@ -1,11 +1,13 @@
 """Checkpoints a crash cannot lose: atomic writes, keep-last-K + best-K, `ckpt_path=last`, preemption,
 sharded folders consolidated on load."""
 
+import errno
 import os
 import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from cliplab.callbacks.checkpoints import AtomicModelCheckpoint
-from cliplab.checkpoints.atomic import partial_path, publish
+from cliplab.checkpoints.atomic import partial_path, publish, save_atomically
 from cliplab.checkpoints.find import newest_checkpoint, resolve_ckpt_path
 from cliplab.utils.errors import ConfigError
 
@@ -294,3 +296,25 @@ def test_slurm_preset_turns_off_lightnings_handler_and_requeues_on_sigusr1():
     (plugin,) = instantiate(preset.trainer.plugins)
     assert plugin.auto_requeue is False
     assert preset.callbacks.preemption_checkpoint.requeue_signal == "SIGUSR1"
+
+
+def test_a_full_disk_while_writing_keeps_the_previous_checkpoint(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    _save(ckpts / "step_00000004.ckpt", 4)
+    before = (ckpts / "step_00000004.ckpt").read_bytes()
+
+    def save_checkpoint(path, weights_only=False):  # writes part of the file, then the disk is full
+        Path(path).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    trainer = types.SimpleNamespace(
+        is_global_zero=True,
+        strategy=types.SimpleNamespace(barrier=lambda *a: None),
+        save_checkpoint=save_checkpoint,
+    )
+    with pytest.raises(OSError, match="No space left"):
+        save_atomically(trainer, ckpts / "step_00000008.ckpt")
+    assert not (ckpts / "step_00000008.ckpt").exists()
+    assert (ckpts / "step_00000004.ckpt").read_bytes() == before
+    assert resolve_ckpt_path("last", tmp_path) == str(ckpts / "step_00000004.ckpt")

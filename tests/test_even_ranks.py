@@ -18,6 +18,7 @@ from cliplab.data.datamodule import CLIPDataModule
 from cliplab.data.stream_plan import deal, slot_shards
 from cliplab.data.transforms import eval_transform, train_transform
 from cliplab.data.webdataset_source import WebDatasetSource
+from cliplab.utils.errors import DataError
 
 SHARD_SIZES = [9, 7, 12, 3, 5]  # uneven on purpose: 36 samples
 
@@ -192,3 +193,40 @@ def test_shards_are_dealt_by_size_and_batches_round_robin():
     with pytest.raises(ValueError):
         deal(5, [1, 1])
     assert Counter(deal(7, [7, 7, 7])) == Counter([3, 2, 2])
+
+
+def test_an_empty_shard_is_just_fewer_samples(tmp_path):
+    write_shard(tmp_path / "a.tar", [f"a{i}" for i in range(6)])
+    write_shard(tmp_path / "empty.tar", [])
+    write_shard(tmp_path / "b.tar", [f"b{i}" for i in range(7)])
+    (tmp_path / "sizes.json").write_text(json.dumps({"a.tar": 6, "empty.tar": 0, "b.tar": 7}))
+    counts = [
+        len(captions(module(WebDatasetSource(str(tmp_path)), r, 2, 2, 0).train_dataloader())) for r in (0, 1)
+    ]
+    assert counts == [3, 3]
+
+
+def test_a_shard_deleted_mid_run_leaves_the_ranks_even(tmp_path, caplog):
+    for name in "abcd":
+        write_shard(tmp_path / f"{name}.tar", [f"{name}{i}" for i in range(6)])
+    (tmp_path / "sizes.json").write_text(json.dumps({f"{n}.tar": 6 for n in "abcd"}))
+    loaders = [module(WebDatasetSource(str(tmp_path)), r, 2, 2, 0).train_dataloader() for r in (0, 1)]
+    (tmp_path / "d.tar").unlink()  # after start-up, as a storage failure would
+    counts = [len(captions(loader)) for loader in loaders]
+    assert counts == [
+        6,
+        6,
+    ]  # the rank that lost a shard re-reads the other (logged), the other waits for nothing
+    assert "samples repeat this epoch" in caplog.text
+
+
+def test_a_slot_whose_shards_all_vanish_stops_with_one_line(tmp_path):
+    write_shard(tmp_path / "a.tar", ["a0", "a1"])
+    write_shard(tmp_path / "b.tar", ["b0", "b1"])
+    (tmp_path / "sizes.json").write_text(json.dumps({"a.tar": 2, "b.tar": 2}))
+    loader = module(WebDatasetSource(str(tmp_path)), 1, 2, 2, 0).train_dataloader()
+    (tmp_path / "b.tar").unlink()
+    (tmp_path / "a.tar").unlink()
+    with pytest.raises(DataError, match="readable samples of a quota of 2") as err:
+        captions(loader)
+    assert "\n" not in str(err.value)

@@ -67,7 +67,6 @@ def tiny_checkpoint(cfg_factory, tmp_path) -> Path:
     return path
 
 
-@pytest.mark.slow
 def test_zeroshot_notebook_runs(tiny_checkpoint, tmp_path):
     from cliplab.data.prepare import prepare
 
@@ -81,7 +80,6 @@ def test_zeroshot_notebook_runs(tiny_checkpoint, tmp_path):
     assert "top-1" in out and "text_to_image_R@1" in out
 
 
-@pytest.mark.slow
 def test_scaling_notebook_runs(tmp_path):
     from tests.test_sweeps import make_job
 

@@ -150,6 +150,26 @@ def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(shards, str
         assert [s["step"] for s in resumed[rank]["steps"]] == [s["step"] for s in after]
         assert [s["tokens"] for s in resumed[rank]["steps"]] == [s["tokens"] for s in after], "sample order"
         assert [s["images"] for s in resumed[rank]["steps"]] == [s["images"] for s in after], "augmentation"
-        assert resumed[rank]["samples_seen"] == straight[rank]["samples_seen"]
-        for name, value in straight[rank]["params"].items():
-            assert resumed[rank]["params"][name] == pytest.approx(value, rel=RTOL, abs=1e-9), name
+        assert [s["rng"] for s in resumed[rank]["steps"]] == [s["rng"] for s in after], "random states"
+        assert_same_end(resumed[rank], straight[rank])
+
+
+def assert_same_end(resumed: dict, straight: dict) -> None:
+    assert resumed["finished"] and resumed["global_step"] == straight["global_step"]
+    assert resumed["samples_seen"] == straight["samples_seen"]
+    assert resumed["flops_seen"] == pytest.approx(straight["flops_seen"], rel=1e-9)
+    for name, value in straight["params"].items():
+        assert resumed["params"][name] == pytest.approx(value, rel=RTOL, abs=1e-9), name
+
+
+def test_sigterm_to_every_process_saves_exits_cleanly_and_resumes(shards, straight, tmp_path):
+    # A scheduler's preemption signals every process of the job (both ranks and their loader workers)
+    proc = launch(overrides(shards, tmp_path, "+callbacks.probe.sigterm_at_step=7"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stopped = probes(tmp_path)
+    assert stopped[0]["global_step"] == stopped[1]["global_step"] < straight[0]["global_step"]
+    proc = launch(overrides(shards, tmp_path, "ckpt_path=last"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for rank, resumed in enumerate(probes(tmp_path)):
+        assert resumed["steps"][0]["step"] == stopped[rank]["global_step"] + 1
+        assert_same_end(resumed, straight[rank])

@@ -278,7 +278,6 @@ def run_sweep(log_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.slow
 def test_tiny_sweep_end_to_end(tmp_path):
     from cliplab.data.prepare import prepare
 

@@ -1,13 +1,17 @@
 """A callback that test runs add with `+callbacks.probe._target_=rank_probe.RankProbe` (tests/helpers on
 PYTHONPATH): each rank writes what it did to `<output_dir>/probe_rank<r>.json`, and the run can be
-killed (the whole process group, like a lost node) or sent SIGTERM at a chosen step."""
+killed or sent SIGTERM at a chosen step (the whole process group, as a lost node or a scheduler's
+preemption would). Each step also records one draw of the global torch, numpy and Python RNGs (drawn
+before the step's checkpoint, which Lightning runs after the other callbacks)."""
 
 import hashlib
 import json
 import os
+import random
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -26,15 +30,16 @@ class RankProbe(pl.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         step = trainer.global_step
+        draws = [torch.rand(()).item(), float(np.random.rand()), random.random()]
         self.steps.append({"step": step, "tokens": _digest(batch[1]), "images": _digest(batch[0]),
-                           "loss": float(outputs["loss"])})  # fmt: skip
+                           "loss": float(outputs["loss"]), "rng": draws})  # fmt: skip
         epoch = trainer.current_epoch
         self.batches_per_epoch[epoch] = self.batches_per_epoch.get(epoch, 0) + 1
         self._dump(trainer, module, finished=False)
         if step == self.kill_at_step:
             os.killpg(os.getpgid(0), signal.SIGKILL)
         if step == self.sigterm_at_step and trainer.global_rank == 0:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.killpg(os.getpgid(0), signal.SIGTERM)
 
     def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0):
         if not trainer.sanity_checking:
@@ -55,6 +60,7 @@ class RankProbe(pl.Callback):
             "val_batches": self.val_batches,
             "params": params,
             "samples_seen": getattr(module, "samples_seen", None),
+            "flops_seen": getattr(module, "flops_seen", None),
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         }
         self.out.mkdir(parents=True, exist_ok=True)

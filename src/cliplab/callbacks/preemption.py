@@ -1,9 +1,12 @@
 """Preemption: SIGTERM (and SLURM's requeue signal) saves `last.ckpt` atomically and ends the run cleanly.
 
-Built on Lightning's own SIGTERM handling: its handler sets `trainer.received_sigterm`, and the training
-loop raises `SIGTERMException` (a `SystemExit`, exit status 0) at the next batch boundary, on every rank
-at the same step (rank 0's flag is broadcast before each batch). This callback saves the checkpoint in
-`on_exception` there, so all ranks write one consistent state with the usual collectives.
+Built on Lightning's own SIGTERM handling: the flag `trainer.received_sigterm`, and the training loop
+raising `SIGTERMException` (a `SystemExit`, exit status 0) at the next batch boundary, on every rank at
+the same step (rank 0's flag is broadcast before each batch). This callback saves the checkpoint in
+`on_exception` there, so all ranks write one consistent state with the usual collectives. Its SIGTERM
+handler replaces Lightning's, which also broadcasts from inside the signal handler: with the signal
+reaching every rank at once (a scheduler signals the whole job), those broadcasts interleave with the
+training's collectives and the ranks hang.
 
 With `requeue_signal` (SIGUSR1 under `cluster=slurm`) that signal stops the run the same way, then rank 0
 requeues the job (`scontrol requeue`); the requeued job resumes from the newest complete checkpoint of its
@@ -33,12 +36,24 @@ class PreemptionCheckpoint(Checkpoint):
         self.path = Path(dirpath) / f"{filename}.ckpt"
         self.requeue_signal = getattr(signal, requeue_signal) if requeue_signal else None
         self.requeue = False
-        self._previous_handler = None
+        self._previous_handler = self._previous_sigterm = None
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        # after Lightning registered its handlers (SIGTERM), so this one is not replaced
+        # after Lightning registered its handlers, so these replace them
+        self._previous_sigterm = signal.signal(signal.SIGTERM, self._stop_for_sigterm(trainer))
         if self.requeue_signal is not None:
             self._previous_handler = signal.signal(self.requeue_signal, self._stop_for_requeue(trainer))
+
+    @staticmethod
+    def _stop_for_sigterm(trainer: "pl.Trainer"):
+        def handler(signum, frame) -> None:
+            connector = trainer._signal_connector
+            launcher = trainer.strategy.launcher
+            if not connector.received_sigterm and launcher is not None:
+                launcher.kill(signum)  # ranks this process started get it too (as Lightning's handler does)
+            connector.received_sigterm = True  # no collective here: the loop agrees at the next batch
+
+        return handler
 
     def _stop_for_requeue(self, trainer: "pl.Trainer"):
         def handler(signum, frame) -> None:
@@ -53,6 +68,9 @@ class PreemptionCheckpoint(Checkpoint):
         return handler
 
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if getattr(self, "_previous_sigterm", None) is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
         if self._previous_handler is not None:
             signal.signal(self.requeue_signal, self._previous_handler)
             self._previous_handler = None

@@ -13,6 +13,7 @@ position, or the sampler's) Lightning saves in every checkpoint and restores mid
 """
 
 import logging
+import os
 import signal
 import warnings
 
@@ -90,10 +91,12 @@ class EpochDataLoader(StatefulDataLoader):
         return super().__iter__()
 
 
-def _ignore_termination(worker_id: int) -> None:
-    """Loader workers leave SIGTERM to the main process: a scheduler signals every process of a job, and
-    the main process saves a checkpoint at the next step before it ends its workers itself."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _quiet_termination(worker_id: int) -> None:
+    """A loader worker ends with status 0 on SIGTERM. A scheduler signals every process of a job: a worker
+    killed by the signal would make torch fail the main process at once ("worker exited unexpectedly"),
+    before it saves its preemption checkpoint; a clean exit is noticed only by a later fetch, and the
+    preempted run fetches no more."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -206,7 +209,7 @@ class CLIPDataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
             first_epoch=self.first_epoch if train else 0,
-            worker_init_fn=_ignore_termination if workers > 0 else None,
+            worker_init_fn=_quiet_termination if workers > 0 else None,
             **split,
         )
 

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Subset
 from cliplab.eval.benchmarks import BenchmarkError, ZeroShotBenchmark, collate_skipping
 from cliplab.eval.retrieval import retrieval_metrics
 from cliplab.eval.zeroshot import ClassifierCache, ZeroShotAccumulator, build_zeroshot_classifier
+from cliplab.losses.gather import gather_rows
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +90,6 @@ def evaluate_benchmarks(
     }
 
 
-def _gather_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's rows in rank order (row counts may differ between ranks)."""
-    if not _distributed():
-        return tensor
-    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
-    longest = int(max(sizes))
-    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-    padded[: tensor.shape[0]] = tensor
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    return torch.cat([part[: int(n)] for part, n in zip(parts, sizes)])
-
-
 class RetrievalAccumulator:
     """Collects normalised image and caption features per batch; `compute()` gathers all ranks' galleries.
 
@@ -143,9 +130,9 @@ class RetrievalAccumulator:
             raise ValueError("retrieval evaluation got no batches")
         images, texts, owner = (torch.cat(x) for x in (self.image_feats, self.text_feats, self.owners))
         if _distributed():  # shift this rank's image numbers past those of lower ranks
-            counts = _gather_rows(torch.tensor([self.n_images], device=images.device))
+            counts = gather_rows(torch.tensor([self.n_images], device=images.device))
             owner = owner + int(counts[: dist.get_rank()].sum())
-        return retrieval_metrics(_gather_rows(images), _gather_rows(texts), _gather_rows(owner), ks=self.ks)
+        return retrieval_metrics(gather_rows(images), gather_rows(texts), gather_rows(owner), ks=self.ks)
 
 
 @torch.no_grad()

@@ -1,17 +1,21 @@
 """The LightningModule: a CLIP model, a contrastive loss, AdamW and a schedule, all from plain config."""
 
+import logging
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
+from cliplab.lit import rng_state
 from cliplab.lit.loader_resume import restore_loader_position
 from cliplab.lit.param_groups import param_groups
 from cliplab.losses.feature_cache import FeatureCacheLoss
 from cliplab.losses.gather import gather_rows, local_only
 from cliplab.losses.grad_cache import grad_cache_backward
 from cliplab.models.clip import MAX_LOGIT_SCALE
+
+log = logging.getLogger(__name__)
 
 
 class CLIPModule(pl.LightningModule):
@@ -112,6 +116,9 @@ class CLIPModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         restore_loader_position(self.trainer)  # a resumed run continues mid-epoch where it stopped
+        saved, self._rng_states_to_restore = getattr(self, "_rng_states_to_restore", None), None
+        if saved is not None and not rng_state.restore(saved):
+            log.warning("the checkpoint holds the random states of another world size: not restored")
 
     def on_validation_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._note_batch(batch, training=False)
@@ -208,10 +215,13 @@ class CLIPModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["samples_seen"] = self.samples_seen
         checkpoint["flops_seen"] = self.flops_seen
+        checkpoint["rng_states"] = rng_state.capture()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.samples_seen = checkpoint.get("samples_seen", 0)
         self.flops_seen = checkpoint.get("flops_seen", 0.0)
+        # set in on_train_start, after the loaders' iterators (which draw their seeds) are made again
+        self._rng_states_to_restore = checkpoint.get("rng_states")
 
 
 _FUSED_OPTIMIZERS = {

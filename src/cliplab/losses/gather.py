@@ -79,8 +79,8 @@ def all_gather_with_grad(local: torch.Tensor) -> torch.Tensor:
 
 def gather_rows(local: torch.Tensor) -> torch.Tensor:
     """Every rank's rows in rank order, row counts free to differ (no gradient): for evaluation, where
-    ranks hold different numbers of samples."""
-    if not is_distributed():
+    ranks hold different numbers of samples. Gathers under `local_only()` too: it is what feeds it."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return local
     local = local.contiguous()
     sizes = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(dist.get_world_size())]
