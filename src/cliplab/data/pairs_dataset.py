@@ -1,12 +1,11 @@
 """Map-style dataset over (image path or URL, caption) pairs, shared by the table and folder sources."""
 
-import hashlib
-
 import torch
 from torch.utils.data import Dataset
 
 from cliplab.data import faults as F
 from cliplab.data.samples import make_sample
+from cliplab.data.seeds import stable_seed
 
 # A bad item is replaced by the next good one, so batches keep their size; give up after this many.
 _MAX_SUBSTITUTIONS = 64
@@ -54,8 +53,7 @@ class ImageCaptionPairs(Dataset):
         generator = None
         if isinstance(index, tuple):
             epoch, index = index
-            digest = hashlib.blake2b(repr((epoch, index)).encode(), digest_size=8).digest()
-            generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+            generator = torch.Generator().manual_seed(stable_seed(epoch, index))
         for step in range(min(_MAX_SUBSTITUTIONS, len(self))):
             sample = self.load((index + step) % len(self), generator)
             if sample is not None:

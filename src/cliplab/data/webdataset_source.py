@@ -24,20 +24,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 from cliplab.data import faults as F
 from cliplab.data.even_split import even_batch_bounds
 from cliplab.data.samples import sample_from_dict
+from cliplab.data.seeds import stable_seed
 from cliplab.data.shard_lists import expand_shards, shard_sizes
 from cliplab.data.stream_plan import SlotPlan, agreed_batches, plan_slot
 from cliplab.data.tar_reader import ShardUnreadable, TruncatedTar, iter_tar_samples, open_shard
 from cliplab.utils.errors import DataError
 
 log = logging.getLogger(__name__)
-
-
-def _seed(*parts) -> int:
-    """A 63-bit seed from a tuple of ints and strings, the same in every process (unlike `hash` of str)."""
-    import hashlib
-
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 class WebDatasetSource:
@@ -307,14 +300,14 @@ class ShardStream(IterableDataset):
         first = True
         for block_index, start, block in blocks:
             if self.shuffle_buffer > 1:
-                random.Random(_seed(self.seed, epoch, slot, repeat, block_index)).shuffle(block)
+                random.Random(stable_seed(self.seed, epoch, slot, repeat, block_index)).shuffle(block)
             skip = position.index if first else 0
             first = False
             position.block, (position.shard, position.sample, position.kept) = block_index, start
             for index in range(skip, len(block)):
                 shard, raw = block[index]
                 position.index = index + 1
-                generator.manual_seed(_seed(self.seed, epoch, slot, repeat, block_index, index))
+                generator.manual_seed(stable_seed(self.seed, epoch, slot, repeat, block_index, index))
                 sample = sample_from_dict(raw, self.transform, self.faults, shard, generator=generator)
                 if sample is not None:
                     yield sample
@@ -328,7 +321,7 @@ class ShardStream(IterableDataset):
         if self.shuffle:
             # Sample-split slots share their shard list: the order must be the same in all of them.
             key = (self.seed, epoch, repeat) if plan.stride > 1 else (self.seed, epoch, slot, repeat)
-            random.Random(_seed(*key)).shuffle(shards)
+            random.Random(stable_seed(*key)).shuffle(shards)
         return shards
 
     def _blocks(self, shards, plan: SlotPlan, position: StreamPosition):
@@ -345,7 +338,7 @@ class ShardStream(IterableDataset):
         if block:
             yield index, start, block
 
-    def _kept_samples(self, shards, plan: SlotPlan, position: StreamPosition, record: bool | None = None):
+    def _kept_samples(self, shards, plan: SlotPlan, position: StreamPosition):
         """((shard index, sample in shard, kept counter), shard, raw) of this slot's samples, from the
         start of `position`'s block."""
         kept = position.kept
@@ -356,8 +349,8 @@ class ShardStream(IterableDataset):
                 return
             skip = position.sample if k == position.shard else 0
             # Slots that share shards (sample split) leave shard-level faults to the first of them.
-            record = plan.offset == 0 if record is None else record
-            for n, raw in enumerate(self._samples(shard, skip, record), start=skip):
+            faults = self.faults if plan.offset == 0 else _UNRECORDED
+            for n, raw in enumerate(shard_samples(shard, faults, skip), start=skip):
                 mine = kept % plan.stride == plan.offset
                 if mine:
                     yield (k, n, kept), shard, raw
@@ -366,34 +359,33 @@ class ShardStream(IterableDataset):
             if isinstance(shards, list) and k >= len(shards):
                 return
 
-    def _samples(self, shard: str, skip: int = 0, record: bool = True):
-        """Raw sample dicts of one shard after the first `skip`; shard-level faults are recorded here
-        (when `record`)."""
-        faults = self.faults if record else _UNRECORDED
-        last_key = None
+
+def shard_samples(shard: str, faults, skip: int = 0):
+    """Raw sample dicts of one shard after the first `skip`; shard-level faults are recorded in `faults`."""
+    last_key = None
+    try:
+        stream = open_shard(shard)
+    except ShardUnreadable as e:
+        faults.record(F.UNREADABLE_SHARD, shard, None, str(e))
+        return
+    completed = False
+    try:
+        for n, raw in enumerate(iter_tar_samples(stream)):
+            last_key = raw["__key__"]
+            if n >= skip:
+                yield raw
+        completed = True
+    except TruncatedTar as e:
+        faults.record(F.TRUNCATED_SHARD, shard, last_key, str(e))
+    except (ShardUnreadable, OSError) as e:
+        faults.record(F.UNREADABLE_SHARD, shard, last_key, str(e))
+    finally:
+        # Only a stream read to its end is checked on close (a pipe stopped early dies of SIGPIPE).
         try:
-            stream = open_shard(shard)
-        except ShardUnreadable as e:
-            faults.record(F.UNREADABLE_SHARD, shard, None, str(e))
-            return
-        completed = False
-        try:
-            for n, raw in enumerate(iter_tar_samples(stream)):
-                last_key = raw["__key__"]
-                if n >= skip:
-                    yield raw
-            completed = True
-        except TruncatedTar as e:
-            faults.record(F.TRUNCATED_SHARD, shard, last_key, str(e))
+            stream.close()
         except (ShardUnreadable, OSError) as e:
-            faults.record(F.UNREADABLE_SHARD, shard, last_key, str(e))
-        finally:
-            # Only a stream read to its end is checked on close (a pipe stopped early dies of SIGPIPE).
-            try:
-                stream.close()
-            except (ShardUnreadable, OSError) as e:
-                if completed:
-                    faults.record(F.UNREADABLE_SHARD, shard, last_key, str(e))
+            if completed:
+                faults.record(F.UNREADABLE_SHARD, shard, last_key, str(e))
 
 
 class _Unrecorded:
@@ -415,7 +407,7 @@ class _ResampledShards:
         self.shard_lists, self.key = shard_lists, key
 
     def get(self, k: int) -> str:
-        rng = random.Random(_seed(*self.key, k))
+        rng = random.Random(stable_seed(*self.key, k))
         r = rng.random()
         source = next((i for i, c in enumerate(self.cumulative) if r <= c), len(self.cumulative) - 1)
         return rng.choice(self.shard_lists[source])
@@ -464,12 +456,11 @@ class EvenSplitStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         bounds = self.batch_bounds()
         ends = None if bounds is None else {end: j for j, (_, end) in enumerate(bounds)}
-        reader = ShardStream([self.urls], {}, self.transform, self.faults, shuffle=False, shuffle_buffer=0)
         # Every rank and worker reads every shard: shard-level faults are recorded by the first only.
-        every = SlotPlan([], 1, 0, None, None)
-        samples = reader._kept_samples(self.urls, every, StreamPosition(), record=self.rank == worker == 0)
+        faults = self.faults if self.rank == worker == 0 else _UNRECORDED
+        samples = ((shard, raw) for shard in self.urls for raw in shard_samples(shard, faults))
         batch, mine, in_batch, j = [], 0, 0, 0
-        for i, (_, shard, raw) in enumerate(samples):
+        for i, (shard, raw) in enumerate(samples):
             if i % self.world_size != self.rank:
                 continue
             mine += 1
