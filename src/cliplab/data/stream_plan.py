@@ -26,7 +26,6 @@ class SlotPlan:
     stride: int  # keep every `stride`-th sample of the concatenated shards ...
     offset: int  # ... starting at this one (stride 1, offset 0: keep all)
     quota: int | None  # samples to yield this epoch (None: to the end of the shards)
-    available: int | None  # samples these shards hold for this slot (None: unknown)
 
 
 def deal(total: int, capacities: list[int]) -> list[int]:
@@ -92,17 +91,15 @@ def plan_slot(
     slots = world_size * workers
     groups = slot_shards(shards, sizes, slots)
     counts = slot_sizes(groups, sizes)
-    me = rank * workers + worker
-    mine, stride, offset = groups[me]
-    available = None if counts is None else counts[me]
+    mine, stride, offset = groups[rank * workers + worker]
     if batches_per_rank is not None:
         quota = deal(batches_per_rank, [batches_per_rank] * workers)[worker] * batch_size
-        return SlotPlan(mine, stride, offset, quota, available)
+        return SlotPlan(mine, stride, offset, quota)
     if counts is None:
-        return SlotPlan(mine, stride, offset, None, None)
+        return SlotPlan(mine, stride, offset, None)
     per_rank = rank_capacities(counts, world_size, workers, batch_size)
     quota = deal(min(sum(c) for c in per_rank), per_rank[rank])[worker] * batch_size
-    return SlotPlan(mine, stride, offset, quota, available)
+    return SlotPlan(mine, stride, offset, quota)
 
 
 def rank_capacities(counts: list[int], world_size: int, workers: int, batch_size: int) -> list[list[int]]:
