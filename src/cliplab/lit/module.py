@@ -49,6 +49,7 @@ class CLIPModule(pl.LightningModule):
         # FLOPs per sample by (text length, with backward)
         self._flops_cache: dict[tuple[int | None, bool], float | None] = {}
         self._sharded = self._compiled = False
+        self._rng_states_to_restore = None  # from a checkpoint, until on_train_start sets them
         # Feature-cache accumulation runs its own forward/backward passes: manual optimization.
         self.automatic_optimization = not isinstance(self.loss_fn, FeatureCacheLoss)
 
@@ -116,7 +117,7 @@ class CLIPModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         restore_loader_position(self.trainer)  # a resumed run continues mid-epoch where it stopped
-        saved, self._rng_states_to_restore = getattr(self, "_rng_states_to_restore", None), None
+        saved, self._rng_states_to_restore = self._rng_states_to_restore, None
         if saved is not None and not rng_state.restore(saved):
             log.warning("the checkpoint holds the random states of another world size: not restored")
 
