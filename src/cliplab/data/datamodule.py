@@ -28,6 +28,7 @@ from cliplab.data.faults import FaultLog
 from cliplab.data.samples import Collate
 from cliplab.data.table_source import TABLE_SUFFIXES, TableSource
 from cliplab.data.webdataset_source import EvenSplitStream, WebDatasetSource
+from cliplab.utils.dist import dist_info
 
 log = logging.getLogger(__name__)
 # torchdata 0.11 calls a torch API that torch deprecated since: nothing for users to act on.
@@ -58,15 +59,17 @@ class EpochDataLoader(StatefulDataLoader):
         """Every rank's position: Lightning saves the checkpoint from rank 0, and each rank resumes its own.
         Called on every rank alike (Lightning builds the checkpoint dict on all ranks)."""
         state = super().state_dict()
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        info = dist_info()
+        if not info.distributed:
             return state
-        states = [None] * torch.distributed.get_world_size()
+        states = [None] * info.world_size
         torch.distributed.all_gather_object(states, state)
         return {"per_rank": states}
 
     def load_state_dict(self, state: dict) -> None:
         if "per_rank" in state:
-            rank, world = _rank_and_world()
+            info = dist_info()
+            rank, world = info.rank, info.world_size
             if len(state["per_rank"]) != world:
                 log.warning(
                     "the checkpoint holds the data positions of %d ranks, this run has %d: the interrupted "
@@ -97,12 +100,6 @@ def _quiet_termination(worker_id: int) -> None:
     before it saves its preemption checkpoint; a clean exit is noticed only by a later fetch, and the
     preempted run fetches no more."""
     signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class CLIPDataModule(pl.LightningDataModule):
@@ -153,7 +150,8 @@ class CLIPDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             return trainer.global_rank, trainer.world_size
-        return _rank_and_world()
+        info = dist_info()
+        return info.rank, info.world_size
 
     def setup(self, stage: str | None = None) -> None:
         rank, world = self._rank_and_world()

@@ -18,12 +18,9 @@ from cliplab.eval.benchmarks import BenchmarkError, ZeroShotBenchmark, collate_s
 from cliplab.eval.retrieval import retrieval_metrics
 from cliplab.eval.zeroshot import ClassifierCache, ZeroShotAccumulator, build_zeroshot_classifier
 from cliplab.losses.gather import gather_rows
+from cliplab.utils.dist import dist_info
 
 log = logging.getLogger(__name__)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _model_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -66,7 +63,7 @@ def evaluate_zeroshot(
             accumulator.update(features, classifier, labels.to(device))
             seen += len(labels)
         counts = torch.tensor([seen, skipped], device=device)
-        if _distributed():
+        if dist_info().distributed:
             dist.all_reduce(counts)
         seen, skipped = (int(c) for c in counts)
         if seen == 0:  # raised on every rank alike, after the collective, so no rank hangs
@@ -129,7 +126,7 @@ class RetrievalAccumulator:
         if not self.image_feats:
             raise ValueError("retrieval evaluation got no batches")
         images, texts, owner = (torch.cat(x) for x in (self.image_feats, self.text_feats, self.owners))
-        if _distributed():  # shift this rank's image numbers past those of lower ranks
+        if dist_info().distributed:  # shift this rank's image numbers past those of lower ranks
             counts = gather_rows(torch.tensor([self.n_images], device=images.device))
             owner = owner + int(counts[: dist.get_rank()].sum())
         return retrieval_metrics(gather_rows(images), gather_rows(texts), gather_rows(owner), ks=self.ks)

@@ -95,7 +95,12 @@ class CLIPModule(pl.LightningModule):
             try:
                 with torch.inference_mode(False), torch.enable_grad():
                     cache[key] = model_flops_per_sample(self.hparams.model, text_length, backward=training)
-            except Exception:  # a tower the meta device cannot run: no FLOPs, never a failed run
+            except Exception as err:  # a tower the meta device cannot run: no FLOPs, never a failed run
+                log.warning(
+                    "cannot count the model's FLOPs (%s: %s): MFU and train/flops_seen are not logged",
+                    type(err).__name__,
+                    err,
+                )
                 cache[key] = None
         return cache[key]
 

@@ -8,9 +8,7 @@ rank resumes its own stream of draws).
 import torch
 from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+from cliplab.utils.dist import dist_info
 
 
 def capture() -> dict:
@@ -25,9 +23,10 @@ def capture() -> dict:
             has_gauss,
             cached,
         ]  # uint32 tensors do not unpickle safely
-    if not _distributed():
+    info = dist_info()
+    if not info.distributed:
         return {"per_rank": [states]}
-    gathered = [None] * torch.distributed.get_world_size()
+    gathered = [None] * info.world_size
     torch.distributed.all_gather_object(gathered, states)
     return {"per_rank": gathered}
 
@@ -35,12 +34,10 @@ def capture() -> dict:
 def restore(saved: dict) -> bool:
     """Sets this rank's saved states; False (nothing set) when the world size differs from the saved one."""
     per_rank = saved["per_rank"]
-    rank, world = (
-        (torch.distributed.get_rank(), torch.distributed.get_world_size()) if _distributed() else (0, 1)
-    )
-    if len(per_rank) != world:
+    info = dist_info()
+    if len(per_rank) != info.world_size:
         return False
-    states = dict(per_rank[rank])
+    states = dict(per_rank[info.rank])
     if "numpy" in states:
         name, keys, pos, has_gauss, cached = states["numpy"]
         states["numpy"] = (name, keys.numpy().astype("uint32"), pos, has_gauss, cached)

@@ -12,6 +12,8 @@ import contextlib
 import torch
 import torch.distributed as dist
 
+from cliplab.utils.dist import dist_info
+
 
 def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     """Half-precision tensors up to fp32; fp32 and fp64 unchanged (tests compare in fp64)."""
@@ -23,9 +25,7 @@ _LOCAL_ONLY = False  # set by `local_only()`: losses score the rows they are giv
 
 def is_distributed() -> bool:
     """True when a loss must gather across ranks (initialised group with more than one process)."""
-    if _LOCAL_ONLY:
-        return False
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return not _LOCAL_ONLY and dist_info().distributed
 
 
 @contextlib.contextmanager
@@ -40,7 +40,8 @@ def local_only():
 
 
 def rank_and_world_size() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+    info = dist_info()
+    return (info.rank, info.world_size) if is_distributed() else (0, 1)
 
 
 class _AllGatherWithGrad(torch.autograd.Function):
@@ -80,7 +81,7 @@ def all_gather_with_grad(local: torch.Tensor) -> torch.Tensor:
 def gather_rows(local: torch.Tensor) -> torch.Tensor:
     """Every rank's rows in rank order, row counts free to differ (no gradient): for evaluation, where
     ranks hold different numbers of samples. Gathers under `local_only()` too: it is what feeds it."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not dist_info().distributed:
         return local
     local = local.contiguous()
     sizes = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(dist.get_world_size())]

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -10,6 +11,8 @@ from pathlib import Path
 import yaml
 
 from cliplab.sweeps.jobs import METRICS_FILE, STATUS_FILE
+
+log = logging.getLogger(__name__)
 
 SKIP_DIRS = {"checkpoints", "csv", "wandb", ".hydra", ".submitit", "report", "tensorboard"}
 
@@ -68,7 +71,12 @@ def _flops_cached(model_yaml: str) -> float | None:
 
     try:
         return float(train_flops_per_sample(yaml.safe_load(model_yaml)))
-    except Exception:  # a tower the meta device cannot run: the job stays in the table, off the plot
+    except Exception as err:  # a tower the meta device cannot run: the job stays in the table, off the plot
+        log.warning(
+            "cannot count this model's FLOPs (%s: %s): its jobs are left off the compute axis",
+            type(err).__name__,
+            err,
+        )
         return None
 
 
