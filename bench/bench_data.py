@@ -17,7 +17,6 @@ import os
 import sys
 import tarfile
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -182,7 +181,6 @@ def cases(device: str, threads: int, quick: bool, state_dir: str) -> list:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script too
-    from bench.harness import benchmark_main
+    from bench.entry import benchmark_main
 
     sys.exit(benchmark_main("data", __doc__, worker))

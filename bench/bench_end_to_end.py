@@ -17,7 +17,6 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -205,8 +204,7 @@ def cases(device: str, threads: int, quick: bool, state_dir: str) -> list:
 
 
 def main() -> int | None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script too
-    from bench.harness import benchmark_main
+    from bench.entry import benchmark_main
 
     return benchmark_main("end_to_end", __doc__, worker)
 

@@ -17,7 +17,6 @@ not fit a 24 GiB machine; the chunked loss keeps only blocks of them.
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +99,6 @@ def cases(device: str, threads: int, quick: bool, state_dir: str) -> list:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script too
-    from bench.harness import benchmark_main
+    from bench.entry import benchmark_main
 
     sys.exit(benchmark_main("loss", __doc__, worker))

@@ -399,8 +399,7 @@ def cases(device: str, threads: int, quick: bool, state_dir: str, levers: str = 
 
 
 def main() -> int | None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script too
-    from bench.harness import benchmark_main
+    from bench.entry import benchmark_main
 
     return benchmark_main("train_step", __doc__, worker)
 

@@ -13,7 +13,6 @@ two classifiers, projected on the same seeded random matrix, agree to 1e-4.
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -95,7 +94,6 @@ def cases(device: str, threads: int, quick: bool, state_dir: str) -> list:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script too
-    from bench.harness import benchmark_main
+    from bench.entry import benchmark_main
 
     sys.exit(benchmark_main("zeroshot", __doc__, worker))

@@ -323,19 +323,3 @@ def write_results(
         (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
         paths.append(out_dir / f"{name}.md")
     return paths[0], paths[0].with_suffix(".json")
-
-
-def benchmark_main(name: str, doc: str | None, worker: Callable[[dict], dict]) -> int | None:
-    """Entry point of a `bench/bench_<name>.py` script: `--worker SPEC` runs one measurement process
-    (the harness starts these), anything else runs the benchmark through `python -m bench <name>`."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args, rest = parser.parse_known_args()
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return None
-    from bench.__main__ import main as bench_main
-
-    return bench_main([name, *rest])

@@ -10,13 +10,10 @@ time alone, against the matmul peak measured here (what MFU would read if nothin
 """
 
 import argparse
-import sys
 import tempfile
-from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import torch
 
     from bench.bench_train_step import model_config, train_flops_per_sample, write_reference_state

@@ -1,7 +1,7 @@
 """Fault-injection table rows for docs/faults.md: SIGKILL of both ranks at N random steps, each resumed
 and compared with one uninterrupted run (the same runs as tests/test_runs_survive.py).
 
-    .venv/bin/python tests/helpers/kill_resume_table.py 5
+    .venv/bin/python -m tests.helpers.kill_resume_table 5
 """
 
 import random
@@ -9,9 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from test_runs_survive import TRAIN_SIZES, VAL_SIZES, launch, overrides, probes, write_shards  # noqa: E402
+from tests.test_runs_survive import TRAIN_SIZES, VAL_SIZES, launch, overrides, probes, write_shards
 
 
 def compare(resumed: list[dict], straight: list[dict], saved: int) -> tuple[int, int, bool]:

@@ -28,6 +28,12 @@ class Report:
     fit: PowerLaw | None
     files: dict[str, Path]
 
+    def summary_markdown(self) -> str:
+        """The fit sentence and runs table of `report.md`, without its title or its local PNGs (for a
+        W&B report, which has its own title and live panels)."""
+        text = markdown(self.jobs, self.metric, self.fit, {}, title="")
+        return text.split("\n", 2)[2].strip() + "\n"  # drop "# " and the blank line after it
+
 
 def _fmt(value) -> str:
     if value is None:

@@ -42,15 +42,6 @@ def compute_key(report) -> str:
     return COMPUTE_KEY if any(COMPUTE_KEY in j.metrics for j in report.jobs) else SAMPLES_KEY
 
 
-def summary_markdown(report) -> str:
-    """The offline report's fit sentence and runs table (cliplab.sweeps.report.markdown), without its
-    title (the W&B report has its own) or its local PNGs (the panels below replace them)."""
-    from cliplab.sweeps.report import markdown
-
-    text = markdown(report.jobs, report.metric, report.fit, {}, title="")
-    return text.split("\n", 2)[2].strip() + "\n"  # drop "# " and the blank line after it
-
-
 def build_report(wr, report, project: str, entity: str, title: str):
     """The W&B report object (not saved): one runset (the sweep's group) and its panels."""
     from wandb_workspaces import expr
@@ -69,7 +60,10 @@ def build_report(wr, report, project: str, entity: str, title: str):
         entity=entity,
         title=title,
         description=fit,
-        blocks=[wr.MarkdownBlock(text=summary_markdown(report)), wr.PanelGrid(runsets=[runs], panels=panels)],
+        blocks=[
+            wr.MarkdownBlock(text=report.summary_markdown()),
+            wr.PanelGrid(runsets=[runs], panels=panels),
+        ],
     )
 
 
