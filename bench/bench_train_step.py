@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from cliplab.utils.flops import train_flops_per_sample  # the count the training module logs
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 LEVERS = ("fused", "foreach", "compile", "recompute", "nchw")  # extra rows of `--levers` (see `cases`)
 EOT_TOKEN = 49407
@@ -114,18 +116,6 @@ class InMemoryBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple:
         return self.batches[i % len(self.batches)]
-
-
-def train_flops_per_sample(model_cfg: dict, batch: int = 2) -> float:
-    """One FLOP count (torch.utils.flop_counter on cliplab's model, meta device) used for both sides."""
-    from bench.harness import count_train_flops
-    from cliplab.models.interop import build_clip
-
-    with torch.device("meta"):
-        model = build_clip(model_cfg)
-        images = torch.empty(batch, 3, model_cfg["image_size"], model_cfg["image_size"])
-        tokens = torch.zeros(batch, model_cfg["context_length"], dtype=torch.long)
-        return count_train_flops(model, images, tokens) / batch
 
 
 # ---------------------------------------------------------------------------------------------- memory

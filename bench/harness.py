@@ -235,17 +235,6 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def count_train_flops(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> int:
-    """Forward + backward FLOPs of `model(images, tokens)` (torch.utils.flop_counter: matmuls, convs,
-    attention). Works on the meta device, so ViT-B sizes cost no memory."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        out = model(images, tokens)
-        (out["image_features"].sum() + out["text_features"].sum()).backward()
-    return counter.get_total_flops()
-
-
 # ---------------------------------------------------------------------------------------------- reports
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"

@@ -166,21 +166,12 @@ def test_matmul_peak_is_positive_flops():
     assert math.isfinite(peak) and peak > 0
 
 
-def test_flop_counter_counts_linear_layers_forward_and_backward():
-    class Toy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = torch.nn.Linear(8, 4, bias=False)
-            self.b = torch.nn.Linear(8, 4, bias=False)
+def test_benchmarks_count_flops_as_training_does():
+    # one FLOP count for the MFU of the benchmarks and of training runs (ClipThroughputMonitor)
+    from bench import bench_train_step
+    from cliplab.utils import flops
 
-        def forward(self, images, tokens):
-            return {"image_features": self.a(images), "text_features": self.b(tokens)}
-
-    with torch.device("meta"):
-        toy, x = Toy(), torch.empty(3, 8)
-        flops = harness.count_train_flops(toy, x, x)
-    # forward 2*B*in*out per layer; backward: weight grad only (inputs need no grad) = same again
-    assert flops == 2 * (2 * 3 * 8 * 4) * 2
+    assert bench_train_step.train_flops_per_sample is flops.train_flops_per_sample
 
 
 def test_cli_selection_and_cuda_skip(monkeypatch):

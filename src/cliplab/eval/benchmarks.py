@@ -54,7 +54,7 @@ def _as_list(value: str | Path | Sequence[str] | None) -> list[str] | None:
     return [str(v) for v in value]
 
 
-class Samples(Dataset):
+class LabelledImages(Dataset):
     """`(image_tensor | None, label)`; None marks an unreadable image (counted by `collate_skipping`)."""
 
     def __init__(self, items: Sequence[tuple[object, int]], load: Callable[[object], Image.Image], transform):
@@ -124,8 +124,8 @@ class ZeroShotBenchmark:
     def load_image(self, source) -> Image.Image:
         return _open_rgb(source)
 
-    def dataset(self, transform) -> Samples:
-        return Samples(self.samples, self.load_image, transform)
+    def dataset(self, transform) -> "LabelledImages":
+        return LabelledImages(self.samples, self.load_image, transform)
 
     def _load(self):
         raise NotImplementedError

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cliplab.losses.gather import all_gather_with_grad, at_least_fp32, rank_and_world_size
+from cliplab.losses.gather import all_gather_with_grad, rank_and_world_size
+from cliplab.utils.precision import at_least_fp32
 
 
 class ClipLoss(nn.Module):

@@ -14,12 +14,6 @@ import torch.distributed as dist
 
 from cliplab.utils.dist import dist_info
 
-
-def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    """Half-precision tensors up to fp32; fp32 and fp64 unchanged (tests compare in fp64)."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
 _LOCAL_ONLY = False  # set by `local_only()`: losses score the rows they are given, gathering nothing
 
 

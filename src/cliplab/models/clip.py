@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cliplab.losses.gather import at_least_fp32
+from cliplab.utils.precision import at_least_fp32
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
