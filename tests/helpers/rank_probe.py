@@ -60,7 +60,7 @@ class RankProbe(pl.Callback):
             "val_batches": self.val_batches,
             "params": params,
             "samples_seen": getattr(module, "samples_seen", None),
-            "flops_seen": getattr(module, "flops_seen", None),
+            "flops_seen": next((c.flops_seen for c in trainer.callbacks if hasattr(c, "flops_seen")), None),
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         }
         self.out.mkdir(parents=True, exist_ok=True)

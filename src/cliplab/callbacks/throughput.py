@@ -38,9 +38,16 @@ class ClipThroughputMonitor(ThroughputMonitor):
         super().__init__(batch_size_fn=clip_batch_size, window_size=window_size, **kwargs)
         self.peak_flops = peak_flops
         self._reset_pending()
+        self.flops_seen = 0.0  # training FLOPs done so far, all ranks; in checkpoints (`state_dict`)
         # A CPU scalar refilled each batch: a Python number would become a new device tensor every batch in
         # `self.log` (a host-to-device copy that waits for the GPU); loggers read a CPU tensor without waiting.
         self._flops_seen_value = torch.zeros(())
+
+    def state_dict(self) -> dict:
+        return {"flops_seen": self.flops_seen}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.flops_seen = float(state_dict.get("flops_seen", 0.0))
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -90,9 +97,9 @@ class ClipThroughputMonitor(ThroughputMonitor):
         # Cumulative training compute (the x axis of scaling plots, in W&B too): the FLOPs every batch did
         # (its text trimmed to its longest caption), kept in checkpoints. Other ranks' batches are counted as
         # this rank's (each trims its own; no collective on the step's path for a logged figure).
-        if per_batch and hasattr(pl_module, "flops_seen"):
-            pl_module.flops_seen += float(per_batch) * trainer.world_size
-            value = self._flops_seen_value.fill_(pl_module.flops_seen)
+        if per_batch:
+            self.flops_seen += float(per_batch) * trainer.world_size
+            value = self._flops_seen_value.fill_(self.flops_seen)
             pl_module.log("train/flops_seen", value, rank_zero_only=True)
         if not trainer.is_global_zero:  # Lightning's monitor measures on rank 0 only
             return

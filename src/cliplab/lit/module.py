@@ -42,7 +42,6 @@ class CLIPModule(pl.LightningModule):
         tokenizer_cfg = model["text_tower"].get("tokenizer")
         self.tokenizer = instantiate(tokenizer_cfg) if tokenizer_cfg else None
         self.samples_seen = 0
-        self.flops_seen = 0.0  # training FLOPs done so far, all ranks (added up by ClipThroughputMonitor)
         # A CPU scalar refilled each step: a Python number would become a new device tensor every step in
         # `self.log` (a host-to-device copy that waits for the GPU); loggers read a CPU tensor without waiting.
         self._samples_seen_value = torch.zeros(())
@@ -220,12 +219,10 @@ class CLIPModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["samples_seen"] = self.samples_seen
-        checkpoint["flops_seen"] = self.flops_seen
         checkpoint["rng_states"] = rng_state.capture()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.samples_seen = checkpoint.get("samples_seen", 0)
-        self.flops_seen = checkpoint.get("flops_seen", 0.0)
         # set in on_train_start, after the loaders' iterators (which draw their seeds) are made again
         self._rng_states_to_restore = checkpoint.get("rng_states")
 
