@@ -43,7 +43,11 @@ class RetrievalCallback(pl.Callback):
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ) -> None:
-        if dataloader_idx == self.dataloader_idx and self._active(trainer):
+        if dataloader_idx != self.dataloader_idx or not self._active(trainer):
+            return
+        if isinstance(outputs, dict) and "image_features" in outputs:  # validation_step's own features
+            self.accumulator.add(outputs["image_features"], outputs["text_features"])
+        else:
             self.accumulator.update(pl_module.model, batch[0], batch[1])
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:

@@ -122,6 +122,15 @@ class RetrievalAccumulator:
         self.owners.append(owner[real])
         self.n_images += images.shape[0]
 
+    @torch.no_grad()
+    def add(self, image_features: torch.Tensor, text_features: torch.Tensor) -> None:
+        """Features already computed for a batch of pairs (one caption per image, row i with row i)."""
+        owner = torch.arange(image_features.shape[0], device=image_features.device) + self.n_images
+        self.image_feats.append(F.normalize(image_features.detach().float(), dim=-1))
+        self.text_feats.append(F.normalize(text_features.detach().float(), dim=-1))
+        self.owners.append(owner)
+        self.n_images += image_features.shape[0]
+
     def compute(self) -> dict[str, float]:
         if not self.image_feats:
             raise ValueError("retrieval evaluation got no batches")

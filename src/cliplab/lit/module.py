@@ -181,7 +181,7 @@ class CLIPModule(pl.LightningModule):
         self.log("train/samples_seen", self._samples_seen_value.fill_(self.samples_seen))
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int) -> dict:
         # Ranks hold different numbers of validation samples (each sample once): the loss is that of the
         # gathered global batch, computed alike on every rank, so nothing else needs reducing.
         images, tokens = batch
@@ -190,6 +190,8 @@ class CLIPModule(pl.LightningModule):
         with local_only():
             loss = self.loss_fn(image_features, text_features, out["logit_scale"], out["logit_bias"])
         self.log("val/loss", loss, prog_bar=True, batch_size=image_features.shape[0])
+        # this rank's features, for the callbacks (retrieval) that would otherwise encode the batch again
+        return {"image_features": out["image_features"], "text_features": out["text_features"]}
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
