@@ -12,7 +12,8 @@ from torch import nn
 from cliplab.models.image_tower import TimmImageTower
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-TOWERS = sorted(p.stem for p in (CONF / "model" / "image_tower").glob("*.yaml"))
+# Files starting with `_` are the bases the towers compose (conf/model/image_tower/_base.yaml), not towers.
+TOWERS = sorted(p.stem for p in (CONF / "model" / "image_tower").glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def tower_cfg(name: str, image_size: int = 224, embed_dim: int = 256):

@@ -135,11 +135,12 @@ def test_power_law_needs_two_distinct_points():
 
 
 def tiny_model(width: int) -> dict:
-    cfg = OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml")
-    image = OmegaConf.load(ROOT / "conf" / "model" / "image_tower" / "vit_tiny.yaml")
-    text = OmegaConf.load(ROOT / "conf" / "model" / "text_tower" / "clip_tiny.yaml")
-    del cfg["defaults"]
-    cfg.image_tower, cfg.text_tower = image, text
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="model/tiny").model  # the towers compose their group's base
     cfg.embed_dim = cfg.image_tower.width = cfg.text_tower.width = width
     cfg.image_tower.depth = cfg.text_tower.layers = 1
     cfg.image_tower.num_heads = cfg.text_tower.heads = 2

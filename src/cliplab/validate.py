@@ -161,10 +161,10 @@ def check_towers(cfg: DictConfig) -> None:
 
 
 def _is_timm_vit(model_name) -> bool:
-    from cliplab.models.image_tower import _family
+    from cliplab.models.image_tower import family
 
     try:
-        return isinstance(model_name, str) and _family(model_name) == "vit"
+        return isinstance(model_name, str) and family(model_name) == "vit"
     except ValueError:  # an unknown timm name: the tower reports it, with close matches
         return False
 

@@ -9,7 +9,8 @@ projects to `embed_dim` with a biased linear, exactly like OpenAI's `attnpool.c_
 
 import difflib
 import logging
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Literal, NamedTuple
 
 import timm
 import torch
@@ -31,8 +32,13 @@ _VIT_POOL = {"token": "token", "avg": "avg", "attn": "map"}
 _CNN_POOL = {"token": "token", "avg": "avg", "attn": ""}
 
 
-def _family(model_name: str) -> str:
-    """'vit', 'byob' (incl. the CLIP ResNets) or 'other', from the module that registers the model."""
+def family(model_name: str) -> str:
+    """The model family that decides how a tower is built, from the module that registers the timm model.
+
+    "vit" (`vision_transformer`: CLIP ViTs and any timm ViT), "byob" (`byobnet`: the CLIP ResNets and other
+    ByobNets) or "other" (any timm backbone: pooled features, then our head). Each has one builder
+    (`_BUILDERS`); a new family is one more builder there.
+    """
     if not timm.is_model(model_name.split(".")[0]):
         similar = difflib.get_close_matches(model_name, timm.list_models(), n=8, cutoff=0.6)
         raise ValueError(f"unknown timm model {model_name!r}; similar: {similar} (see timm.list_models())")
@@ -42,6 +48,114 @@ def _family(model_name: str) -> str:
     if module.endswith(".byobnet"):
         return "byob"
     return "other"
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What a builder needs of the tower's arguments (the family-specific ones already checked)."""
+
+    model_name: str
+    embed_dim: int
+    image_size: int | None
+    pretrained: bool
+    pool: Pool | None
+    proj: Proj | None
+    patch_dropout: float
+    width: int | None
+    layers: list[int] | None
+    timm_kwargs: dict
+
+
+class _Trunk(NamedTuple):
+    """A builder's answer: the timm model, its feature width and the head to put on it."""
+
+    model: nn.Module
+    feat_width: int
+    pool: Pool
+    proj: Proj
+    extra_attn_pool: bool  # our attention pool over the trunk's feature map (`head.pool`)
+
+
+def _create(req: _Request, global_pool: str, num_classes: int = 0, **kwargs) -> nn.Module:
+    return timm.create_model(
+        req.model_name,
+        pretrained=req.pretrained,
+        num_classes=num_classes,
+        global_pool=global_pool,
+        **{**req.timm_kwargs, **kwargs},  # the builder's settings win, as a duplicate key would
+    )
+
+
+def _build_vit(req: _Request) -> _Trunk:
+    """ViTs: timm pools (CLS token, mean or its MAP head); we project. Positional embeddings sized to the input."""
+    kwargs = {} if req.image_size is None else {"img_size": req.image_size}
+    if req.patch_dropout:
+        kwargs["patch_drop_rate"] = req.patch_dropout
+    if req.width is not None:
+        kwargs["embed_dim"] = req.width  # timm's name for the transformer width
+    pool, proj = req.pool or "token", req.proj or "linear"
+    trunk = _create(req, _VIT_POOL[pool], **kwargs)
+    return _Trunk(trunk, trunk.num_features, pool, proj, extra_attn_pool=False)
+
+
+def _build_byob(req: _Request) -> _Trunk:
+    """ByobNets; the CLIP ResNets keep their own attention-pool head, which projects to `embed_dim` itself."""
+    kwargs = {} if req.image_size is None else {"img_size": req.image_size}
+    if req.layers is not None:
+        kwargs["blocks"] = _byob_blocks_with_depths(req.model_name, req.layers)
+    if _byob_head_type(req.model_name) not in ("attn_abs", "attn_rot"):
+        return _build_timm(req, **kwargs)  # a ByobNet without an attention head pools like any CNN
+    if req.pool == "avg":
+        raise ValueError(f"{req.model_name} pools by attention; use its '_gap' variant for average pooling")
+    proj = req.proj or ("none" if req.pool in (None, "attn", "token") else "linear")
+    # The model's own attention head projects to embed_dim when no further projection follows.
+    head_projects = proj == "none"
+    trunk = _create(req, "token", num_classes=req.embed_dim if head_projects else 0, **kwargs)
+    feat_width = req.embed_dim if head_projects else trunk.head_hidden_size
+    return _Trunk(trunk, feat_width, req.pool or "attn", proj, extra_attn_pool=False)
+
+
+def _build_timm(req: _Request, **kwargs) -> _Trunk:
+    """Any other timm backbone: its pooled features ("attn": our attention pool on its feature map)."""
+    pool, proj = req.pool or "avg", req.proj or "linear"
+    trunk = _create(req, _CNN_POOL[pool], **kwargs)
+    return _Trunk(trunk, trunk.num_features, pool, proj, extra_attn_pool=pool == "attn")
+
+
+_BUILDERS = {"vit": _build_vit, "byob": _build_byob, "other": _build_timm}
+
+
+def _check_family_options(
+    fam: str, model_name: str, patch_dropout, width, layers, chunks, channels_last
+) -> None:
+    """The options that only some families take."""
+    if patch_dropout and fam != "vit":
+        raise ValueError(f"patch_dropout needs a ViT, {model_name} is not one")
+    if width is not None and fam != "vit":
+        raise ValueError(f"`width` applies to ViTs; use width_factor for {model_name}")
+    if layers is not None and fam != "byob":
+        raise ValueError(f"`layers` applies to ByobNet models (e.g. resnet50_clip), not {model_name}")
+    if chunks > 1 and fam != "vit":
+        raise ValueError(f"checkpoint_chunks needs a ViT (per-sample blocks); {model_name} is not one")
+    if channels_last and fam == "vit":
+        raise ValueError(f"channels_last applies to convolutional towers; {model_name} is a ViT")
+
+
+def _build_head(trunk: _Trunk, embed_dim: int, image_size: int | None) -> nn.Module:
+    """`head.pool` (an attention pool, when asked for on a backbone without one), then `head.proj`/`head.mlp`."""
+    head, width = nn.Module(), trunk.feat_width
+    if trunk.extra_attn_pool:
+        feat = _final_feature_size(trunk.model, image_size)
+        # out_features=0: the pool keeps its width; the projection below maps to embed_dim.
+        head.pool = AttentionPool2d(width, feat_size=feat, out_features=0, qkv_separate=True)
+    if trunk.proj == "linear":
+        head.proj = nn.Linear(width, embed_dim, bias=False)
+        nn.init.normal_(head.proj.weight, std=width**-0.5)
+    elif trunk.proj == "mlp":
+        head.mlp = Mlp(width, 2 * embed_dim, embed_dim)
+    elif trunk.proj != "none":
+        raise ValueError(f"unknown proj {trunk.proj!r}; choose linear, mlp or none")
+    return head
 
 
 class TimmImageTower(nn.Module):
@@ -97,70 +211,31 @@ class TimmImageTower(nn.Module):
         super().__init__()
         self.model_name = model_name
         self.image_size = image_size
-        family = _family(model_name)
-        self.family = family
-        kwargs = dict(timm_kwargs)
-        if image_size is not None and family in ("vit", "byob"):
-            kwargs["img_size"] = image_size
+        self.family = family(model_name)
+        _check_family_options(
+            self.family, model_name, patch_dropout, width, layers, checkpoint_chunks, channels_last
+        )
+        self.checkpoint_chunks, self.channels_last = checkpoint_chunks, channels_last
         if act is not None:
             # Ours for QuickGELU (fewer memory passes than timm's); same module name, no weights.
-            kwargs["act_layer"] = QuickGELU if act == "quick_gelu" else act
-        if patch_dropout:
-            if family != "vit":
-                raise ValueError(f"patch_dropout needs a ViT, {model_name} is not one")
-            kwargs["patch_drop_rate"] = patch_dropout
-        if width is not None:
-            if family != "vit":
-                raise ValueError(f"`width` applies to ViTs; use width_factor for {model_name}")
-            kwargs["embed_dim"] = width  # timm's name for the transformer width
-        if layers is not None:
-            kwargs["blocks"] = _byob_blocks_with_depths(model_name, layers)
-        if checkpoint_chunks > 1 and family != "vit":
-            raise ValueError(f"checkpoint_chunks needs a ViT (per-sample blocks); {model_name} is not one")
-        self.checkpoint_chunks = checkpoint_chunks
-        if channels_last and family == "vit":
-            raise ValueError(f"channels_last applies to convolutional towers; {model_name} is a ViT")
-        self.channels_last = channels_last
-
-        own_attn_head = family == "byob" and _byob_head_type(model_name) in ("attn_abs", "attn_rot")
-        if proj is None:
-            proj = "none" if own_attn_head and pool in (None, "attn", "token") else "linear"
-        if pool is None:
-            pool = "token" if family == "vit" else ("attn" if own_attn_head else "avg")
-        self.pool, self.proj_type = pool, proj
-
-        extra_attn_pool = pool == "attn" and family != "vit" and not own_attn_head
-        if own_attn_head and pool == "avg":
-            raise ValueError(f"{model_name} pools by attention; use its '_gap' variant for average pooling")
-        # The model's own attention head projects to embed_dim when no further projection follows.
-        head_projects = own_attn_head and proj == "none"
-        global_pool = (_VIT_POOL if family == "vit" else _CNN_POOL)[pool]
-        if own_attn_head:
-            global_pool = "token"
-        self.trunk = timm.create_model(
-            model_name,
+            timm_kwargs["act_layer"] = QuickGELU if act == "quick_gelu" else act
+        request = _Request(
+            model_name=model_name,
+            embed_dim=embed_dim,
+            image_size=image_size,
             pretrained=pretrained,
-            num_classes=embed_dim if head_projects else 0,
-            global_pool=global_pool,
-            **kwargs,
+            pool=pool,
+            proj=proj,
+            patch_dropout=patch_dropout,
+            width=width,
+            layers=layers,
+            timm_kwargs=timm_kwargs,
         )
-        feat_width = embed_dim if head_projects else self.trunk.num_features
-        if own_attn_head and not head_projects:
-            feat_width = self.trunk.head_hidden_size
-
-        self.head = nn.Module()
-        if extra_attn_pool:
-            feat = _final_feature_size(self.trunk, image_size)
-            # out_features=0: the pool keeps its width; the projection below maps to embed_dim.
-            self.head.pool = AttentionPool2d(feat_width, feat_size=feat, out_features=0, qkv_separate=True)
-        if proj == "linear":
-            self.head.proj = nn.Linear(feat_width, embed_dim, bias=False)
-            nn.init.normal_(self.head.proj.weight, std=feat_width**-0.5)
-        elif proj == "mlp":
-            self.head.mlp = Mlp(feat_width, 2 * embed_dim, embed_dim)
-        elif proj != "none":
-            raise ValueError(f"unknown proj {proj!r}; choose linear, mlp or none")
-        self.output_dim = embed_dim if proj != "none" else feat_width
+        trunk = _BUILDERS[self.family](request)
+        self.pool, self.proj_type = trunk.pool, trunk.proj
+        self.trunk = trunk.model
+        self.head = _build_head(trunk, embed_dim, image_size)
+        self.output_dim = embed_dim if trunk.proj != "none" else trunk.feat_width
         self._frozen_norms: list[nn.Module] = []
 
         if checkpoint_path is not None:
@@ -171,7 +246,7 @@ class TimmImageTower(nn.Module):
             self.to(memory_format=torch.channels_last)
         self.set_grad_checkpointing(grad_checkpointing)
         # Full checkpointing (timm's checkpoint_seq, or our chunked blocks) takes precedence.
-        if family == "vit" and isinstance(getattr(self.trunk, "blocks", None), nn.Sequential):
+        if self.family == "vit" and isinstance(getattr(self.trunk, "blocks", None), nn.Sequential):
             use_selective_recompute(self.trunk.blocks, selective_recompute)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -273,10 +348,6 @@ def _byob_head_type(model_name: str) -> str:
 
 def _byob_blocks_with_depths(model_name: str, layers: list[int]):
     """The stage configs of a ByobNet with other depths (timm overlays `blocks` onto the model config)."""
-    from dataclasses import replace
-
-    if _family(model_name) != "byob":
-        raise ValueError(f"`layers` applies to ByobNet models (e.g. resnet50_clip), not {model_name}")
     blocks = _byob_cfg(model_name).blocks
     if len(blocks) != len(layers):
         raise ValueError(f"{model_name} has {len(blocks)} stages, got layers={list(layers)}")
