@@ -68,3 +68,11 @@ def test_feature_cache_composes_with_siglip():
 def test_bad_accumulation_is_named(accumulation, message):
     with pytest.raises(ConfigError, match=message):
         CLIPModule(model=SIGLIP_MODEL, loss=SIGLIP, optim=OPTIM, accumulation=accumulation)
+
+
+def test_checkpoints_of_the_old_feature_cache_loss_still_load():
+    # hparams saved by loss=clip_gradcache before accumulation was a setting of the step
+    old = {"_target_": "cliplab.losses.feature_cache.FeatureCacheLoss", "loss": SIGLIP, "chunk_size": 4}
+    module = CLIPModule(model=SIGLIP_MODEL, loss=old, optim=OPTIM)
+    assert module.hparams.loss == SIGLIP and module.feature_cache_chunk == 4
+    assert module.hparams.accumulation == {"mode": "feature_cache", "chunk_size": 4}

@@ -39,6 +39,12 @@ class CLIPModule(pl.LightningModule):
         accumulation: dict | None = None,
     ):
         super().__init__()
+        if str(loss.get("_target_", "")).endswith("FeatureCacheLoss"):  # a checkpoint of loss=clip_gradcache
+            # from before accumulation was a setting of the step: the wrapped loss, feature-cache accumulation
+            loss, accumulation = (
+                loss["loss"],
+                {"mode": "feature_cache", "chunk_size": loss.get("chunk_size", 64)},
+            )
         self.save_hyperparameters()
         self.model = None
         self.loss_fn = instantiate(loss)
