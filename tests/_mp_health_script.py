@@ -126,10 +126,18 @@ def _strategy(devices: int, name: str):
 
 
 def _fit(
-    out: Path, devices: int, data: Data, callbacks: list, optim: dict | None, strategy: str, loss: dict = LOSS
+    out: Path,
+    devices: int,
+    data: Data,
+    callbacks: list,
+    optim: dict | None,
+    strategy: str,
+    loss: dict = LOSS,
+    accumulation: dict | None = None,
 ) -> tuple:
     pl.seed_everything(0)
-    module = CLIPModule(model=MODEL, loss=loss, optim=optim or {"_target_": "torch.optim.AdamW", "lr": 1e-3})
+    optim = optim or {"_target_": "torch.optim.AdamW", "lr": 1e-3}
+    module = CLIPModule(model=MODEL, loss=loss, optim=optim, accumulation=accumulation)
     snapshots = Snapshots()
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -159,11 +167,14 @@ def skip_one(
     optim: dict | None = None,
     strategy: str = "ddp",
     loss: dict = LOSS,
+    accumulation: dict | None = None,
 ) -> dict:
     """NaN at step NAN_STEP on `nan_rank`: skipped on every rank, counted, training goes on; fault counts."""
     data = Data(out / "data_faults", [NAN_STEP], nan_rank)
     callbacks = [TrainingHealth(max_consecutive_skips=K), DataFaultLogger()]
-    trainer, module, snapshots, error = _fit(out, devices, data, callbacks, optim, strategy, loss)
+    trainer, module, snapshots, error = _fit(
+        out, devices, data, callbacks, optim, strategy, loss, accumulation
+    )
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return {
         "error": error,

@@ -83,11 +83,13 @@ def test_resume_continues_exactly(cfg_factory, emoji_ready, tmp_path):
 
 
 def test_feature_cache_training_matches_plain_loss(cfg_factory, emoji_ready):
-    """loss=clip_gradcache (chunks of 4) trains exactly like one big-batch CLIP loss."""
+    """accumulation=feature_cache (chunks of 4) trains exactly like one big-batch CLIP loss."""
     common = [*TINY, "zeroshot=none", "test=false", "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
     common += ["callbacks.retrieval=null", "callbacks.model_checkpoint=null", "trainer.limit_val_batches=0"]
     plain = train(cfg_factory([*common, "loss=clip"]))
-    cached = train(cfg_factory([*common, "loss=clip_gradcache", "loss.chunk_size=4"]))
+    cached = train(
+        cfg_factory([*common, "loss=clip", "accumulation=feature_cache", "accumulation.chunk_size=4"])
+    )
     assert cached["train/loss"] == pytest.approx(plain["train/loss"], rel=1e-5)
     assert cached["train/logit_scale"] == pytest.approx(plain["train/logit_scale"], rel=1e-6)
 

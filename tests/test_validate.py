@@ -24,6 +24,25 @@ def test_channels_last_resnet_config_is_valid(cfg_factory):
 
 
 @pytest.mark.parametrize(
+    "overrides",
+    [
+        ["accumulation=feature_cache"],
+        ["accumulation=feature_cache", "loss=clip_chunked"],
+        ["accumulation=feature_cache", "loss=siglip", "model.init_logit_bias=-10"],
+        ["loss=clip_gradcache"],  # the deprecated alias of loss=clip accumulation=feature_cache
+    ],
+)
+def test_feature_cache_accumulation_composes_with_any_contrastive_loss(cfg_factory, overrides):
+    check(cfg_factory, overrides)
+
+
+def test_losses_declare_what_they_are(cfg_factory):
+    # the rule reads the loss class's `contrastive` attribute, not its name: a loss that does not couple
+    # the batch's samples may accumulate plainly
+    check(cfg_factory, ["loss._target_=torch.nn.MSELoss", "trainer.accumulate_grad_batches=4"])
+
+
+@pytest.mark.parametrize(
     "overrides, fragment",
     [
         (["trainer.max_epochs=ten"], "trainer.max_epochs='ten' must be an integer"),
@@ -36,6 +55,11 @@ def test_channels_last_resnet_config_is_valid(cfg_factory):
             "divide across 3",
         ),
         (["loss=siglip"], "model.init_logit_bias"),
+        (["loss=siglip", "trainer.accumulate_grad_batches=2"], "use accumulation=feature_cache"),
+        (["accumulation=feature_cache", "trainer.accumulate_grad_batches=2"], "accumulate_grad_batches=2"),
+        (["accumulation.mode=gradcache"], "accumulation.mode='gradcache' must be one of"),
+        (["accumulation=feature_cache", "accumulation.chunk_size=0"], "accumulation.chunk_size=0"),
+        (["accumulation=feature_cache", "trainer=deepspeed"], "DeepSpeed's engine runs the backward"),
         (["model.image_tower.checkpoint_chunks=4"], "model.image_tower.grad_checkpointing=true"),
         (["model.text_tower.checkpoint_chunks=0"], "must be a positive integer"),
         (

@@ -63,6 +63,7 @@ def build_module(cfg: DictConfig) -> CLIPModule:
         scheduler=resolved.get("scheduler"),
         compile=cfg.get("compile", False),
         config=resolved,
+        accumulation=resolved.get("accumulation"),
     )
 
 

@@ -8,8 +8,6 @@ from omegaconf import DictConfig
 
 from cliplab.utils.errors import ConfigError
 
-CONTRASTIVE_LOSSES = ("ClipLoss", "SigLipLoss", "ChunkedClipLoss", "FeatureCacheLoss")
-
 
 def _choice(cfg: DictConfig, group: str, default: str) -> str:
     """The config-group option the user picked (`trainer=ddp` -> 'ddp'), for messages."""
@@ -118,19 +116,39 @@ def check_batch(cfg: DictConfig) -> None:
         )
 
 
+def _loss_class(cfg: DictConfig):
+    """The class `cfg.loss` builds (its declared `contrastive` / `needs_logit_bias`), or None if unknown."""
+    from hydra.utils import get_class
+
+    target = cfg.loss.get("_target_")
+    try:
+        return get_class(str(target)) if target else None
+    except Exception:  # not importable: instantiation reports it
+        return None
+
+
 def check_loss(cfg: DictConfig) -> None:
-    target = str(cfg.loss.get("_target_", ""))
-    name = target.rsplit(".", 1)[-1]
+    from cliplab.losses.grad_cache import feature_cache_chunk
+
+    loss_class = _loss_class(cfg)
+    name = loss_class.__name__ if loss_class else str(cfg.loss.get("_target_", "")).rsplit(".", 1)[-1]
+    chunk = feature_cache_chunk(cfg.get("accumulation"))  # a bad accumulation.mode / chunk_size: one line
+    if chunk and "DeepSpeed" in _strategy_target(cfg):
+        raise ConfigError(
+            f"accumulation=feature_cache with trainer={_choice(cfg, 'trainer', '?')}: DeepSpeed's engine runs the "
+            "backward itself, not the chunked one; use trainer=ddp or trainer=fsdp, or accumulation=none"
+        )
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1) or 1
-    if accumulate > 1 and name in CONTRASTIVE_LOSSES:
+    if accumulate > 1 and getattr(loss_class, "contrastive", False):
         raise ConfigError(
             f"trainer.accumulate_grad_batches={accumulate} with {name}: plain gradient accumulation computes the "
             "contrastive loss per micro-batch, so each sample sees only its micro-batch as negatives (a different, "
-            "weaker objective); use loss=clip_gradcache (feature-cache accumulation, exact) or a larger data.batch_size"
+            "weaker objective); use accumulation=feature_cache (feature-cache accumulation, exact; "
+            "accumulation.chunk_size samples per tower pass) or a larger data.batch_size"
         )
-    if "SigLip" in name and cfg.model.get("init_logit_bias") is None:
+    if getattr(loss_class, "needs_logit_bias", False) and cfg.model.get("init_logit_bias") is None:
         raise ConfigError(
-            "loss=siglip needs a learned bias: set model.init_logit_bias=-10 (and model.init_logit_scale=2.3026, ln 10)"
+            f"loss {name} needs a learned bias: set model.init_logit_bias=-10 (and model.init_logit_scale=2.3026, ln 10)"
         )
 
 

@@ -10,9 +10,8 @@ from hydra.utils import instantiate
 from cliplab.lit import rng_state
 from cliplab.lit.loader_resume import restore_loader_position
 from cliplab.lit.param_groups import param_groups
-from cliplab.losses.feature_cache import FeatureCacheLoss
 from cliplab.losses.gather import gather_rows, local_only
-from cliplab.losses.grad_cache import grad_cache_backward
+from cliplab.losses.grad_cache import FeatureCache, feature_cache_chunk
 from cliplab.models.clip import MAX_LOGIT_SCALE
 
 log = logging.getLogger(__name__)
@@ -24,6 +23,9 @@ class CLIPModule(pl.LightningModule):
     The constructor takes plain config dicts (never modules), so the checkpoint holds everything needed
     to rebuild the run; the towers are built in `configure_model`, the hook sharded strategies and
     `load_from_checkpoint` both call. `config` is the fully resolved run config, stored for evaluation.
+    `accumulation` (`conf/accumulation/`) is how a step reaches its batch: `{mode: none}` (one forward and
+    backward) or `{mode: feature_cache, chunk_size: N}` (GradCache: the towers run N samples at a time, the
+    loss sees the whole batch, gradients equal to one big-batch backward), for any contrastive loss.
     """
 
     def __init__(
@@ -34,8 +36,15 @@ class CLIPModule(pl.LightningModule):
         scheduler: dict | None = None,
         compile: bool = False,
         config: dict | None = None,
+        accumulation: dict | None = None,
     ):
         super().__init__()
+        if str(loss.get("_target_", "")).endswith("FeatureCacheLoss"):  # a checkpoint of loss=clip_gradcache
+            # from before accumulation was a setting of the step: the wrapped loss, feature-cache accumulation
+            loss, accumulation = (
+                loss["loss"],
+                {"mode": "feature_cache", "chunk_size": loss.get("chunk_size", 64)},
+            )
         self.save_hyperparameters()
         self.model = None
         self.loss_fn = instantiate(loss)
@@ -49,8 +58,11 @@ class CLIPModule(pl.LightningModule):
         self._flops_cache: dict[tuple[int | None, bool], float | None] = {}
         self._sharded = self._compiled = False
         self._rng_states_to_restore = None  # from a checkpoint, until on_train_start sets them
-        # Feature-cache accumulation runs its own forward/backward passes: manual optimization.
-        self.automatic_optimization = not isinstance(self.loss_fn, FeatureCacheLoss)
+        # Feature-cache accumulation: training_step embeds the chunks without autograd and returns the loss
+        # of the cached features; `backward` back-propagates it through the towers chunk by chunk. Lightning
+        # keeps the rest of the step (zero_grad, clipping, optimizer_step and its hooks, the scheduler).
+        self.feature_cache_chunk = feature_cache_chunk(accumulation)
+        self._feature_cache: FeatureCache | None = None  # from training_step to backward
 
     def configure_model(self) -> None:
         # Idempotent: called by fit, by load_from_checkpoint, by sharded strategies, and by the pipeline
@@ -148,30 +160,45 @@ class CLIPModule(pl.LightningModule):
         )
         return loss, out
 
-    def _feature_cache_step(self, batch) -> tuple[torch.Tensor, dict]:
-        """One optimizer step of GradCache: chunked towers, whole-batch loss, gradients averaged over ranks."""
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
+    def _feature_cache_loss(self, batch) -> tuple[torch.Tensor, dict]:
+        """The first half of a GradCache step: the loss over the whole batch on features embedded without
+        autograd; `backward` does the second half."""
         images, tokens = batch
-        loss = grad_cache_backward(self.model, images, tokens, self.loss_fn.loss, self.loss_fn.chunk_size)
-        if self.trainer.world_size > 1:  # the towers ran outside DDP's forward: reduce like DDP would
+        ddp = self._ddp()
+        if ddp is not None:
+            # The towers' gradients come from several backward passes (one per chunk) outside DDP's view:
+            # DDP's reducer must not expect them (as Lightning does for manual optimization); `backward`
+            # averages them over ranks once the last chunk is done. Read by DDP after this forward returns.
+            ddp.require_backward_grad_sync = False
+        self._feature_cache = FeatureCache(self.model, images, tokens, self.feature_cache_chunk)
+        loss, logit_scale = self._feature_cache.loss(self.loss_fn)
+        return loss, {"logit_scale": logit_scale}
+
+    def _ddp(self):
+        model = getattr(getattr(self._trainer, "strategy", None), "model", None)
+        return model if isinstance(model, torch.nn.parallel.DistributedDataParallel) else None
+
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        cache, self._feature_cache = self._feature_cache, None
+        super().backward(loss, *args, **kwargs)
+        if cache is None:
+            return
+        # the re-run under the same autocast as training_step's first pass (the precision plugin's context)
+        with self.trainer.precision_plugin.forward_context():
+            cache.backward_through_towers()
+        if self.trainer.world_size > 1:  # the towers ran outside DDP's reducer: reduce like DDP would
             for param in self.model.parameters():
                 if param.grad is not None:
                     torch.distributed.all_reduce(param.grad, op=torch.distributed.ReduceOp.AVG)
-        self.clip_gradients(optimizer, self.trainer.gradient_clip_val, self.trainer.gradient_clip_algorithm)
-        logit_scale = self.model.logit_scale.detach().clamp(0, MAX_LOGIT_SCALE).exp()  # as used by this step
-        optimizer.step()
-        self._clamp_logit_scale()
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
-        return loss, {"logit_scale": logit_scale}
+        ddp = self._ddp()
+        if ddp is not None:
+            ddp.require_backward_grad_sync = True
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if self.automatic_optimization:
-            loss, out = self._step_loss(batch)
+        if self.feature_cache_chunk:
+            loss, out = self._feature_cache_loss(batch)
         else:
-            loss, out = self._feature_cache_step(batch)
+            loss, out = self._step_loss(batch)
         self.samples_seen += batch[0].shape[0] * self.trainer.world_size
         # No `prog_bar`: Lightning would call `.item()` on it after every batch (a wait for the GPU); the
         # default progress bar (cliplab.callbacks.progress.ClipProgressBar) shows it as of logging steps.

@@ -137,6 +137,9 @@ class ChunkedClipLoss(nn.Module):
     inputs). `logit_bias` is ignored as in `ClipLoss`. All ranks must have the same local batch.
     """
 
+    contrastive = True
+    needs_logit_bias = False
+
     def __init__(self, block_size: int = 1024):
         super().__init__()
         if block_size < 1:

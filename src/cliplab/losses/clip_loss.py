@@ -22,6 +22,9 @@ class ClipLoss(nn.Module):
     not change a softmax.
     """
 
+    contrastive = True  # every sample's negatives are the rest of the batch (see cliplab.validate)
+    needs_logit_bias = False
+
     def forward(
         self,
         image_features: torch.Tensor,

@@ -21,6 +21,9 @@ class SigLipLoss(nn.Module):
     concatenated batch and DDP's gradient average equals the single-process gradient.
     """
 
+    contrastive = True  # pairwise, but its negatives are the batch's other pairs
+    needs_logit_bias = True
+
     def forward(
         self,
         image_features: torch.Tensor,
