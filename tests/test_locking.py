@@ -1,6 +1,12 @@
 """Locked towers (LiT, `model.lock_image` / `model.lock_text`): open_clip's choice of trainable parameters,
 locked weights bit-identical through real training steps and a resume, bad options stopped with one line."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -186,7 +192,9 @@ def test_locked_parameters_stay_bit_identical_and_get_no_optimizer_state(case, t
     optimizer = trainer.optimizers[0]
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     params = dict(module.model.named_parameters())
-    assert in_optimizer == {id(params[n]) for n in trainable(module.model)}  # no decay, no state for the locked
+    assert in_optimizer == {
+        id(params[n]) for n in trainable(module.model)
+    }  # no decay, no state for the locked
     assert all(id(p) in in_optimizer for p in optimizer.state)
 
     # Resumed from a checkpoint: rebuilt from the config, still locked, still unchanged after more steps.
@@ -197,6 +205,42 @@ def test_locked_parameters_stay_bit_identical_and_get_no_optimizer_state(case, t
     assert {n for n, p in resumed.model.named_parameters() if not p.requires_grad} == locked
     final = resumed.model.state_dict()
     assert all(torch.equal(final[n], state[n]) for n in locked)
+
+
+# ---- DDP and FSDP2 (2 CPU processes, gloo) --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def distributed(tmp_path_factory) -> dict:
+    """tests/_mp_lock_script.py under torchrun: DDP and FSDP2 runs with both towers partly locked (~45 s)."""
+    out = tmp_path_factory.mktemp("lock_mp")
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)]),
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    script = root / "tests" / "_mp_lock_script.py"
+    proc = subprocess.run([*cmd, str(script), str(out)], env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads((out / "result.json").read_text())
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_locked_towers_train_under_ddp_and_fsdp2(distributed, strategy):
+    run = distributed[strategy]
+    # FSDP2 shards units that mix locked and trainable parameters (the towers' own units)
+    assert "visual.head.proj.weight" in run["trainable"] and "visual.trunk.cls_token" in run["locked"]
+    assert "text.ln_final.weight" in run["trainable"] and "text.token_embedding.weight" in run["locked"]
+    assert run["changed"] == run["trainable"]  # every trainable parameter moved, no locked one did
+    assert run["losses"] == pytest.approx(distributed["ddp"]["losses"], rel=1e-5)
+
+
+def test_fsdp2_resume_keeps_towers_locked(distributed):
+    run = distributed["fsdp"]
+    assert run["resumed_locked"] == run["locked"]
+    assert set(run["resumed_changed"]) <= set(run["trainable"]) and run["resumed_changed"]
 
 
 # ---- bad options: one line at start-up -----------------------------------------------------------------
@@ -226,6 +270,9 @@ def test_bad_lock_options_are_one_line(cfg_factory, overrides, fragment):
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("overrides", [["lock=lit"], ["model=tiny_rn", "lock=lit"], ["lock=lit", "model.lock_image.unlocked_groups=6"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [["lock=lit"], ["model=tiny_rn", "lock=lit"], ["lock=lit", "model.lock_image.unlocked_groups=6"]],
+)
 def test_lit_recipe_is_valid(cfg_factory, overrides):
     validate(cfg_factory(overrides))

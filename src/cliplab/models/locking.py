@@ -45,9 +45,10 @@ def image_groups(tower: nn.Module) -> list[list[str]]:
 
 def text_groups(tower: nn.Module) -> list[list[str]]:
     """Parameter names of a `CLIPTextTower` in open_clip's `lock_text_tower` groups, input to output."""
-    blocks = [[f"transformer.resblocks.{i}.{n}" for n, _ in b.named_parameters()] for i, b in enumerate(
-        tower.transformer.resblocks
-    )]
+    blocks = [
+        [f"transformer.resblocks.{i}.{n}" for n, _ in b.named_parameters()]
+        for i, b in enumerate(tower.transformer.resblocks)
+    ]
     final_norm = [f"ln_final.{n}" for n, _ in tower.ln_final.named_parameters()]
     embeddings = [f"token_embedding.{n}" for n, _ in tower.token_embedding.named_parameters()]
     return [embeddings + ["positional_embedding"], *blocks[:-1], blocks[-1] + final_norm, ["text_projection"]]
