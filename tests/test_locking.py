@@ -192,9 +192,8 @@ def test_locked_parameters_stay_bit_identical_and_get_no_optimizer_state(case, t
     optimizer = trainer.optimizers[0]
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     params = dict(module.model.named_parameters())
-    assert in_optimizer == {
-        id(params[n]) for n in trainable(module.model)
-    }  # no decay, no state for the locked
+    # the locked parameters are in no group (no weight decay) and have no optimizer state
+    assert in_optimizer == {id(params[n]) for n in trainable(module.model)}
     assert all(id(p) in in_optimizer for p in optimizer.state)
 
     # Resumed from a checkpoint: rebuilt from the config, still locked, still unchanged after more steps.
