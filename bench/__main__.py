@@ -1,7 +1,8 @@
 """`python -m bench [names...] [--quick] [--reps N] [--device auto|cpu|cuda] [--levers [NAMES]]` (`make bench ARGS=...`).
 
 Runs the selected benchmarks side by side with open_clip and writes bench/results/latest.{md,json}.
-Names: train_step, end_to_end, memory, loss, data, zeroshot; every one gives rows of the same table.
+Names: train_step, end_to_end, memory, loss, data, zeroshot, patch_dropout; every one gives rows of the same
+table.
 Default: all of them.
 """
 
@@ -15,7 +16,7 @@ import torch
 from bench import harness
 from bench.bench_train_step import LEVERS
 
-ROWS = ("train_step", "end_to_end", "memory", "loss", "data", "zeroshot")
+ROWS = ("train_step", "end_to_end", "memory", "loss", "data", "zeroshot", "patch_dropout")
 SHARED_NOTE = (
     "Timings depend on the machine being otherwise idle; a shared machine makes them noisy "
     "(see the min-max spread in the JSON)."
