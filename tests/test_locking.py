@@ -132,6 +132,7 @@ CASES = {
     # image locked whole with its batch-norm statistics; text: last block, final LayerNorm and projection train
     "rn": (RN, {"unlocked_groups": 0, "freeze_bn_stats": True}, {"unlocked_layers": 2}),
 }
+LIT = (VIT, {"unlocked_groups": 0}, None)  # LiT itself: the image tower locked whole, the text tower trains
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -158,8 +159,8 @@ def _fit(module: CLIPModule, root, max_steps: int, ckpt_path=None) -> pl.Trainer
     return trainer
 
 
-def _module(case: str) -> CLIPModule:
-    image, lock_image, lock_text = CASES[case]
+def _module(case: str, accumulation: dict | None = None) -> CLIPModule:
+    image, lock_image, lock_text = LIT if case == "lit" else CASES[case]
     model = {
         "_target_": "cliplab.models.clip.CLIP",
         "embed_dim": 16,
@@ -169,7 +170,8 @@ def _module(case: str) -> CLIPModule:
         "lock_text": lock_text,
     }
     optim = {"_target_": "torch.optim.AdamW", "lr": 1e-2, "weight_decay": 0.1}
-    return CLIPModule(model=model, loss={"_target_": "cliplab.losses.ClipLoss"}, optim=optim)
+    loss = {"_target_": "cliplab.losses.ClipLoss"}
+    return CLIPModule(model=model, loss=loss, optim=optim, accumulation=accumulation)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -204,6 +206,18 @@ def test_locked_parameters_stay_bit_identical_and_get_no_optimizer_state(case, t
     assert {n for n, p in resumed.model.named_parameters() if not p.requires_grad} == locked
     final = resumed.model.state_dict()
     assert all(torch.equal(final[n], state[n]) for n in locked)
+
+
+def test_feature_cache_accumulation_with_a_locked_tower(tmp_path):
+    """GradCache re-runs both towers per chunk; a locked one has no graph to back-propagate through."""
+    pl.seed_everything(0)
+    module = _module("lit", accumulation={"mode": "feature_cache", "chunk_size": 2})
+    module.configure_model()
+    state = {k: v.clone() for k, v in module.model.state_dict().items()}
+    _fit(module, tmp_path, max_steps=2)
+    after = module.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state.items() if k.startswith("visual."))
+    assert not torch.equal(after["text.text_projection"], state["text.text_projection"])
 
 
 # ---- DDP and FSDP2 (2 CPU processes, gloo) --------------------------------------------------------------
