@@ -48,6 +48,7 @@ SWAPPABLE = [
     "debug",
     "experiment",
     "zeroshot",
+    "lock",
 ]
 
 
