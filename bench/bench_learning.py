@@ -69,6 +69,22 @@ def training_batches(cfg, tokenizer):
     return datamodule, datamodule.train_dataloader()
 
 
+def default_module(model_cfg: dict, scheduler: bool = False):
+    """`CLIPModule` with the default loss, optimizer (and schedule), as `python src/train.py` builds it."""
+    from cliplab.lit.module import CLIPModule
+
+    return CLIPModule(
+        model=model_cfg,
+        loss=compose_group("loss", "clip"),
+        optim=compose_group("optim", "adamw"),
+        scheduler=compose_group("scheduler", "cosine") if scheduler else None,
+    )
+
+
+def tokenizer_of(model_cfg: dict):
+    return default_module(model_cfg).tokenizer
+
+
 def warmup_steps(steps: int) -> int:
     """conf/scheduler/cosine.yaml's warm-up fraction of the run, in steps, for open_clip's scheduler."""
     from cliplab.lit.schedules import warmup_step_count
@@ -77,20 +93,17 @@ def warmup_steps(steps: int) -> int:
 
 
 class Trace:
-    """Loss of every step, learning rate, and the wall time from the first step on."""
+    """Loss and learning rate of every step, and the steps per second after the first one."""
 
     def __init__(self):
         self.losses: list[float] = []
         self.lrs: list[float] = []
-        self.start = None
-        self.first_step_s = None
+        self.start = self.end = None
 
     def record(self, loss: torch.Tensor, lr: float) -> None:
         now = time.perf_counter()
         if self.start is None:
             self.start = now
-        elif self.first_step_s is None:
-            self.first_step_s = now - self.start
         self.losses.append(float(loss.detach()))
         self.lrs.append(float(lr))
         self.end = now
@@ -103,19 +116,13 @@ class Trace:
 
 
 # ---------------------------------------------------------------------------------------------- sides
-def run_cliplab(spec: dict, cfg, model_cfg: dict) -> dict:
+def run_cliplab(spec: dict, model_cfg: dict, loader) -> dict:
     import pytorch_lightning as pl
     from safetensors.torch import save_file
 
-    from cliplab.lit.module import CLIPModule
     from cliplab.models.interop import load_openclip_state_dict
 
-    module = CLIPModule(
-        model=model_cfg,
-        loss=compose_group("loss", "clip"),
-        optim=compose_group("optim", "adamw"),
-        scheduler=compose_group("scheduler", "cosine"),
-    )
+    module = default_module(model_cfg, scheduler=True)
     module.configure_model()  # idempotent: fit will not rebuild it, so the loaded weights stay
     load_openclip_state_dict(module.model, load_reference_state(spec["state_path"]))
     trace = Trace()
@@ -127,20 +134,17 @@ def run_cliplab(spec: dict, cfg, model_cfg: dict) -> dict:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             trace.record(outputs["loss"], self.lr)
 
-    _, loader = training_batches(cfg, module.tokenizer)
     trainer = bench_trainer("cpu", "32-true", max_steps=spec["steps"], max_epochs=-1, callbacks=[Record()])
     trainer.fit(module, train_dataloaders=loader)
     save_file({k: v.contiguous() for k, v in module.model.state_dict().items()}, spec["out"])
     return {**trace.result(), "layout": "cliplab"}
 
 
-def run_open_clip(spec: dict, cfg, model_cfg: dict) -> dict:
+def run_open_clip(spec: dict, model_cfg: dict, loader) -> dict:
     from open_clip.loss import ClipLoss
     from open_clip.model import CLIP
     from open_clip_train.scheduler import cosine_lr
     from safetensors.torch import save_file
-
-    from cliplab.lit.module import CLIPModule
 
     model = CLIP(**openclip_config(model_cfg), output_dict=True)
     model.load_state_dict(load_reference_state(spec["state_path"]))
@@ -155,8 +159,6 @@ def run_open_clip(spec: dict, cfg, model_cfg: dict) -> dict:
     steps = spec["steps"]
     scheduler = cosine_lr(optimizer, optim["lr"], warmup_steps(steps), steps)
     loss_fn = ClipLoss()
-    tokenizer = CLIPModule(model=model_cfg, loss=compose_group("loss", "clip"), optim=optim).tokenizer
-    _, loader = training_batches(cfg, tokenizer)  # the same stream cliplab reads (same seed, same worker)
     trace = Trace()
     step = 0
     while step < steps:
@@ -182,8 +184,10 @@ def worker(spec: dict) -> dict:
     cfg = train_config(spec["seed"])
     model_cfg = model_config(spec["model"])
     torch.manual_seed(spec["seed"])
+    # both sides read the same stream: cliplab's loader, same seed, one worker (the data are not compared)
+    _, loader = training_batches(cfg, tokenizer_of(model_cfg))
     run = run_cliplab if spec["side"] == "cliplab" else run_open_clip
-    return {**run(spec, cfg, model_cfg), "side": spec["side"], "steps": spec["steps"]}
+    return {**run(spec, model_cfg, loader), "side": spec["side"], "steps": spec["steps"]}
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -194,14 +198,11 @@ def held_out_zeroshot(weights: str, layout: str, model_name: str, seed: int) -> 
 
     from cliplab.data import transforms as T
     from cliplab.eval.run import evaluate_zeroshot
-    from cliplab.lit.module import CLIPModule
     from cliplab.models.interop import load_openclip_state_dict
 
     cfg = train_config(seed)
     model_cfg = model_config(model_name)
-    module = CLIPModule(
-        model=model_cfg, loss=compose_group("loss", "clip"), optim=compose_group("optim", "adamw")
-    )
+    module = default_module(model_cfg)
     module.configure_model()
     state = load_file(weights)
     if layout == "open_clip":
