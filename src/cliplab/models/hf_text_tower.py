@@ -10,7 +10,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-POOLERS = ("mean", "cls", "max", "last")
+# cliplab's names; the semantics are open_clip's (`open_clip/hf_model.py`), whose names are accepted too.
+POOLERS = ("mean", "max", "cls", "cls_last_hidden_state", "last")
+OPENCLIP_POOLER_NAMES = {
+    "mean_pooler": "mean",
+    "max_pooler": "max",
+    "cls_pooler": "cls",
+    "cls_last_hidden_state_pooler": "cls_last_hidden_state",
+}
 PROJECTIONS = ("linear", "mlp", "none")
 
 
@@ -53,10 +60,12 @@ class HFTokenizer:
         return f"HFTokenizer({self.name_or_path!r}, context_length={self.context_length})"
 
 
-def _build_encoder(model_name_or_path: str | None, config: dict | None, pretrained: bool) -> nn.Module:
-    # The encoder's own pooler (BERT's dense + tanh) is never used; dropping it keeps DDP free of
-    # unused parameters.
-    extra = {"add_pooling_layer": False}
+def _build_encoder(
+    model_name_or_path: str | None, config: dict | None, pretrained: bool, with_pooler: bool
+) -> nn.Module:
+    # The encoder's own pooler (BERT's dense + tanh) exists only for `cls` pooling, which returns it as
+    # open_clip's `cls_pooler` does; otherwise it would be an unused parameter under DDP.
+    extra = {"add_pooling_layer": with_pooler}
     if config is not None:
         settings = dict(config)
         hf_config = AutoConfig.for_model(settings.pop("model_type"), **settings)
@@ -69,9 +78,11 @@ def _build_encoder(model_name_or_path: str | None, config: dict | None, pretrain
         hf_config = AutoConfig.from_pretrained(model_name_or_path)
         build = lambda **kw: AutoModel.from_config(hf_config, **kw)
     try:
-        return build(**extra)
+        model = build(**extra)
     except TypeError:  # encoders without a pooling layer do not take the argument
-        return build()
+        model = build()
+    # Encoder-decoder models (T5, mT5) contribute their encoder only, as in open_clip.
+    return model.encoder if getattr(model.config, "is_encoder_decoder", False) else model
 
 
 def _find_layers(model: nn.Module, count: int) -> nn.ModuleList:
@@ -85,9 +96,14 @@ def _find_layers(model: nn.Module, count: int) -> nn.ModuleList:
 class HFTextTower(nn.Module):
     """`forward(tokens [B, L]) -> [B, output_dim]`; padding (the model's `pad_token_id`) is masked out.
 
-    Poolers: `mean` over non-padding tokens, `cls` (first token's last hidden state, no extra pooler
-    layer), `max` over non-padding tokens, `last` (last non-padding token, for decoder-style models).
-    Projections: `linear` (no bias), `mlp` (hidden (d + E) / 2, GELU), `none` (output_dim = hidden size).
+    Poolers, as open_clip's HFTextEncoder computes them (its names, e.g. `cls_pooler`, work too): `mean`
+    over non-padding tokens; `max` over non-padding tokens (open_clip's `max_pooler` cannot run: it calls
+    `masked_fill` with an integer mask); `cls`: the encoder's pooler output (BERT's dense + tanh over the
+    first token) where the architecture has a pooler, else the first token's last hidden state;
+    `cls_last_hidden_state`: the first token's last hidden state; `last` (cliplab only, for decoder-style
+    models): the last non-padding token.
+    Projections: `linear` (no bias), `mlp` (hidden (d + E) / 2, GELU), `none` (output_dim = hidden size;
+    open_clip's `hf_proj_type: null` with hidden size = embed_dim).
     """
 
     def __init__(
@@ -103,13 +119,15 @@ class HFTextTower(nn.Module):
         tokenizer=None,  # the data pipeline's tokenizer config rides along in the tower's config; unused here
     ):
         super().__init__()
+        pooler = OPENCLIP_POOLER_NAMES.get(pooler, pooler)
         if pooler not in POOLERS:
-            raise ValueError(f"unknown pooler {pooler!r}; expected one of {POOLERS}")
+            expected = (*POOLERS, *OPENCLIP_POOLER_NAMES)
+            raise ValueError(f"unknown pooler {pooler!r}; expected one of {expected}")
         if proj not in PROJECTIONS:
             raise ValueError(f"unknown proj {proj!r}; expected one of {PROJECTIONS}")
         if isinstance(config, DictConfig):
             config = OmegaConf.to_container(config, resolve=True)
-        self.transformer = _build_encoder(model_name_or_path, config, pretrained)
+        self.transformer = _build_encoder(model_name_or_path, config, pretrained, with_pooler=pooler == "cls")
         hf_config = self.transformer.config
         width = hf_config.hidden_size
         self.pad_token_id = hf_config.pad_token_id if hf_config.pad_token_id is not None else 0
@@ -127,8 +145,12 @@ class HFTextTower(nn.Module):
         self._layers = [_find_layers(self.transformer, hf_config.num_hidden_layers)]  # list: not a submodule
         self.set_grad_checkpointing(grad_checkpointing)
 
-    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.pooler == "cls":
+    def pool(self, output, mask: torch.Tensor) -> torch.Tensor:
+        """The pooled feature of the encoder's `output` (its `last_hidden_state`, `pooler_output`)."""
+        hidden = output.last_hidden_state
+        if self.pooler == "cls" and getattr(output, "pooler_output", None) is not None:
+            return output.pooler_output
+        if self.pooler in ("cls", "cls_last_hidden_state"):
             return hidden[:, 0]
         if self.pooler == "last":
             last = mask.long().cumsum(dim=1).argmax(dim=1)  # index of the last non-padding token
@@ -140,8 +162,8 @@ class HFTextTower(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         mask = tokens != self.pad_token_id
-        hidden = self.transformer(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
-        return self.proj(self.pool(hidden, mask))
+        output = self.transformer(input_ids=tokens, attention_mask=mask.long())
+        return self.proj(self.pool(output, mask))
 
     # ---- tower contract (docs/contracts.md) ----
 
