@@ -124,7 +124,7 @@ def hf_clip_config(model: nn.Module):
         text_config=text_config,
         vision_config=vision_config,
         projection_dim=model.embed_dim,
-        logit_scale_init_value=float(model.logit_scale),
+        logit_scale_init_value=float(model.logit_scale.detach()),
     )
 
 

@@ -31,10 +31,12 @@ WEIGHTS_NAME = "open_clip_model.safetensors"
 text_cfg = clip_text_cfg  # the name the HF CLIPModel export and older callers use
 
 
-def openclip_model_cfg(model: nn.Module, hf_model_name: str | None = None) -> dict:
+def openclip_model_cfg(model: nn.Module, hf_model_name: str | None = None, tokenizer=None) -> dict:
     vcfg, vision_quick = vision_cfg(model.visual)
     if is_hf_text_tower(model.text):
-        context_length = model.context_length or model.text.transformer.config.max_position_embeddings
+        # open_clip's tokenizer pads to text_cfg.context_length: the model's, else its tokenizer's.
+        context_length = getattr(model, "context_length", None) or getattr(tokenizer, "context_length", None)
+        context_length = context_length or model.text.transformer.config.max_position_embeddings
         tcfg = hf_text_cfg(model.text, hf_model_name or "<export dir>", context_length)
         quick = bool(vision_quick)
     else:
@@ -97,7 +99,7 @@ def export_openclip(
 
     out = Path(out_dir)
     hf_text = is_hf_text_tower(model.text)
-    model_cfg = openclip_model_cfg(model, hf_model_name or str(out.resolve()))
+    model_cfg = openclip_model_cfg(model, hf_model_name or str(out.resolve()), tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     if hf_text:
         model.text.transformer.config.save_pretrained(out)

@@ -106,6 +106,10 @@ def vision_cfg(visual: nn.Module) -> tuple[dict, bool | None]:
     return timm_vision_cfg(visual), None
 
 
+# Regularisation rates change training only; an exported model is for inference (open_clip: timm_drop*).
+_TRAINING_ONLY = {"drop_rate", "drop_path_rate", "proj_drop_rate", "attn_drop_rate", "patch_drop_rate"}
+
+
 def timm_vision_cfg(visual: nn.Module) -> dict:
     """open_clip `TimmModel` settings for a timm tower, checked by building that TimmModel, loading the
     tower's weights into it (strict) and comparing features on a random batch."""
@@ -113,7 +117,7 @@ def timm_vision_cfg(visual: nn.Module) -> dict:
 
     if not isinstance(visual, TimmImageTower):
         raise ExportError(f"open_clip cannot express a {type(visual).__name__} image tower")
-    extra = sorted(getattr(visual, "timm_kwargs", {}))
+    extra = sorted(set(getattr(visual, "timm_kwargs", {})) - _TRAINING_ONLY)
     if extra:
         raise ExportError(
             f"open_clip's TimmModel passes no timm.create_model arguments; this tower sets {extra}"
@@ -151,7 +155,7 @@ def _check_timm_model(visual: nn.Module, cfg: dict) -> None:
     differ = sorted(set(ours) ^ set(expected)) or [k for k in ours if ours[k].shape != expected[k].shape]
     if differ:
         raise ExportError(
-            f"open_clip's TimmModel builds another network for this tower (keys differ: {differ[:3]})"
+            f"open_clip's TimmModel builds another network for this tower (it differs at {differ[:3]})"
         )
     theirs.load_state_dict(ours)
     size = cfg["image_size"]
