@@ -237,8 +237,10 @@ def test_exported_clipmodel_runs_in_the_zero_shot_pipeline_with_cliplabs_probabi
         probs = CLIPModel.from_pretrained(out).eval()(**batch).logits_per_image.softmax(-1)
     assert pixel_gap <= 1e-6, pixel_gap
     assert max_diff(probs[:2], expected[:2]) <= 1e-4
-    # Resized images: HF's resize kernel is not Pillow's, so pixels (and probabilities) differ slightly.
-    assert max_diff(probs, expected) <= 2e-2
+    # Resized images: HF's resize is not Pillow's; pixels differ by rounding (about one grey level, 0.015
+    # normalised) and the probabilities by under 1e-3 (measured 8e-5 to 8e-4 on these random weights).
+    assert max_diff(batch["pixel_values"], pixels) <= 0.02
+    assert max_diff(probs, expected) <= 2e-3
 
     answers = pipeline("zero-shot-image-classification", model=str(out), device="cpu")(
         images, candidate_labels=labels

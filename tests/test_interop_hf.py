@@ -181,3 +181,69 @@ def test_max_pooling_is_the_masked_max_open_clip_intends(tmp_path):
         else:
             expected = pooled
         assert torch.allclose(ours.encode_text(tokens), theirs.text.proj(expected), atol=1e-5)
+
+
+# ---- presets that name hub models, offline ------------------------------------------------------------
+
+HUB_PRESETS = {
+    "bert_base": "bert-base-uncased",
+    "roberta_base": "roberta-base",
+    "xlm_roberta_base": "xlm-roberta-base",
+}
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE=1 with an empty Hugging Face cache (a cached model would load offline)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_hf_cache"))
+
+
+def _assert_names_local_folder(message: str, name: str) -> None:
+    key = "model.text_tower.model_name_or_path"
+    assert "\n" not in message
+    assert f"{key}={name} is a Hugging Face Hub name" in message
+    assert f"--local-dir /data/{name}" in message and f"pass {key}=/data/{name}" in message
+
+
+@pytest.mark.parametrize("preset", sorted(HUB_PRESETS))
+def test_hub_presets_say_which_local_folder_to_pass_when_offline(offline, cfg_factory, preset, tmp_path):
+    from cliplab.utils.errors import ConfigError
+    from cliplab.validate import validate
+
+    with pytest.raises(ConfigError) as err:
+        validate(cfg_factory([f"model/text_tower={preset}"]))
+    _assert_names_local_folder(str(err.value), HUB_PRESETS[preset])
+    local = tmp_path / "local_copy"
+    local.mkdir()
+    validate(cfg_factory([f"model/text_tower={preset}", f"model.text_tower.model_name_or_path={local}"]))
+
+
+def test_hf_tower_and_tokenizer_built_by_name_offline_say_the_same(offline):
+    from cliplab.models.hf_text_tower import HFTokenizer
+    from cliplab.utils.errors import ConfigError
+
+    for build in (
+        lambda: HFTextTower(32, model_name_or_path="bert-base-uncased"),
+        lambda: HFTokenizer("bert-base-uncased"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            build()
+        _assert_names_local_folder(str(err.value), "bert-base-uncased")
+
+
+def test_train_with_a_hub_preset_offline_stops_with_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty_hf_cache"))
+    command = [sys.executable, "src/train.py", "model/text_tower=bert_base", f"paths.log_dir={tmp_path}"]
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: model.text_tower.model_name_or_path=bert-base-uncased"), lines[-5:]

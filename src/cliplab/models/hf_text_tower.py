@@ -10,6 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from cliplab.models.hf_hub import from_pretrained
+
+# The key users set; the tokenizer config reads the same folder by interpolation.
+NAME_KEY = "model.text_tower.model_name_or_path"
+
 # cliplab's names; the semantics are open_clip's (`open_clip/hf_model.py`), whose names are accepted too.
 POOLERS = ("mean", "max", "cls", "cls_last_hidden_state", "last")
 OPENCLIP_POOLER_NAMES = {
@@ -32,7 +37,8 @@ class HFTokenizer:
         self._load()
 
     def _load(self) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
+        load = AutoTokenizer.from_pretrained
+        self.tokenizer = from_pretrained(load, NAME_KEY, self.name_or_path, "tokenizer_config.json")
         self.pad_token_id = self.tokenizer.pad_token_id
         self.vocab_size = len(self.tokenizer)
 
@@ -73,9 +79,9 @@ def _build_encoder(
     elif model_name_or_path is None:
         raise ValueError("HFTextTower needs model_name_or_path or config")
     elif pretrained:
-        build = lambda **kw: AutoModel.from_pretrained(model_name_or_path, **kw)
+        build = lambda **kw: from_pretrained(AutoModel.from_pretrained, NAME_KEY, model_name_or_path, **kw)
     else:
-        hf_config = AutoConfig.from_pretrained(model_name_or_path)
+        hf_config = from_pretrained(AutoConfig.from_pretrained, NAME_KEY, model_name_or_path)
         build = lambda **kw: AutoModel.from_config(hf_config, **kw)
     try:
         model = build(**extra)
