@@ -247,3 +247,15 @@ def test_train_with_a_hub_preset_offline_stops_with_one_line(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: model.text_tower.model_name_or_path=bert-base-uncased"), lines[-5:]
+
+
+def test_lock_keeps_the_pooler_with_the_projection():
+    """The encoder's pooler sits after the last block: the last group, not the embeddings'."""
+    tower = HFTextTower(EMBED, config=dict(ENCODERS["bert"]), pooler="cls")
+    tower.lock(unlocked_groups=1)
+    trainable = {
+        n.split(".")[0] + "." + n.split(".")[1] for n, p in tower.named_parameters() if p.requires_grad
+    }
+    assert trainable == {"transformer.pooler", "proj.weight"}
+    tower.lock(unlocked_groups=0)
+    assert not any(p.requires_grad for p in tower.parameters())

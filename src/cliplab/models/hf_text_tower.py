@@ -175,14 +175,17 @@ class HFTextTower(nn.Module):
 
     def lock(self, unlocked_groups: int = 0, freeze_norm_stats: bool = False) -> None:
         """Freeze all but the last `unlocked_groups` groups: embeddings (and any other encoder parameters
-        outside the blocks), each encoder block, the projection. `freeze_norm_stats` is accepted for the
-        common contract; LayerNorm keeps no running statistics."""
+        before the blocks), each encoder block, the head (the encoder's pooler, used by `cls`, and the
+        projection). `freeze_norm_stats` is accepted for the common contract; LayerNorm keeps no running
+        statistics."""
         layers = self._layers[0]
-        in_layers = {id(p) for p in layers.parameters()}
+        pooler = getattr(self.transformer, "pooler", None)
+        head = [*(pooler.parameters() if pooler is not None else []), *self.proj.parameters()]
+        later = {id(p) for p in [*layers.parameters(), *head]}
         groups = [
-            [p for p in self.transformer.parameters() if id(p) not in in_layers],
+            [p for p in self.transformer.parameters() if id(p) not in later],
             *[list(layer.parameters()) for layer in layers],
-            list(self.proj.parameters()),
+            head,
         ]
         for index, params in enumerate(groups):
             trainable = unlocked_groups > 0 and index >= len(groups) - unlocked_groups
