@@ -29,7 +29,7 @@ from cliplab.models.text_tower import CLIPTextTower
 from cliplab.models.tokenizer import CLIPTokenizer
 from tests.conftest import CONF
 from tests.test_interop import RN, VIT, cliplab_model, inputs, open_clip_model
-from tests.test_interop_hf import ENCODERS
+from tests.test_interop_hf import ENCODERS, tokens_for
 from tests.test_text_towers import _VOCAB
 
 CAPTIONS = [
@@ -138,10 +138,14 @@ def bert_tokenizer_dir(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("arch,pooler,proj", [("bert", "cls", "mlp"), ("xlm-roberta", "mean", "linear")])
+HF_EXPORTS = [("bert", "cls", "mlp"), ("xlm-roberta", "mean", "linear"), ("mt5", "mean", "linear")]
+
+
+@pytest.mark.parametrize("arch,pooler,proj", HF_EXPORTS)
 def test_hf_text_towers_export_to_open_clip(tmp_path, bert_tokenizer_dir, arch, pooler, proj):
     image = cliplab_model(VIT).visual
-    config = dict(ENCODERS[arch], vocab_size=len(_VOCAB))
+    # BERT gets the vocabulary of the tokenizer files; the others are fed token ids directly.
+    config = dict(ENCODERS[arch], vocab_size=len(_VOCAB)) if arch == "bert" else dict(ENCODERS[arch])
     torch.manual_seed(0)
     ours = _perturbed(
         CLIP(image, HFTextTower(32, config=config, pooler=pooler, proj=proj), 32, context_length=12)
@@ -155,9 +159,7 @@ def test_hf_text_towers_export_to_open_clip(tmp_path, bert_tokenizer_dir, arch, 
         tokens = open_clip.get_tokenizer(f"local-dir:{out}")(CAPTIONS)
         assert torch.equal(tokens, tokenizer(CAPTIONS))
     else:
-        tokens = torch.tensor(
-            [[0, 5, 6, 7, 2, 1, 1, 1, 1, 1, 1, 1], [0, 9, 8, 10, 11, 12, 13, 5, 2, 1, 1, 1]]
-        )
+        tokens = tokens_for(arch)
     with torch.no_grad():
         assert max_diff(ours.encode_text(tokens), theirs.encode_text(tokens)) <= 1e-5
         assert max_diff(ours.encode_image(images), theirs.encode_image(images)) <= 1e-5

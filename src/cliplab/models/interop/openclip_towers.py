@@ -58,8 +58,6 @@ def hf_text_cfg(text: nn.Module, hf_model_name: str, context_length: int) -> dic
     if text.pooler not in _HF_POOLERS:
         why = "fails on its own integer mask" if text.pooler == "max" else "does not exist"
         raise ExportError(f"open_clip's HFTextEncoder cannot pool by {text.pooler!r} (its max_pooler {why})")
-    if getattr(text.transformer.config, "is_encoder_decoder", False) or hasattr(text.transformer, "block"):
-        raise ExportError("exporting encoder-decoder (T5/mT5) text towers to open_clip is not supported yet")
     proj = (
         "none"
         if isinstance(text.proj, nn.Identity)
