@@ -244,6 +244,13 @@ def test_exported_clipmodel_runs_in_the_zero_shot_pipeline_with_cliplabs_probabi
     assert max_diff(batch["pixel_values"], pixels) <= 0.02
     assert max_diff(probs, expected) <= 2e-3
 
+    # Centre crop: with an odd excess (39 -> 32) HF floors the offset where cliplab (and torchvision, open_clip)
+    # round half to even, so HF's crop starts one pixel earlier: it equals cliplab's of the shifted window.
+    tall = rgb_images([(size, size + 7)], seed=5)[0]
+    hf_pixels = processor(images=tall, return_tensors="pt")["pixel_values"][0]
+    assert max_diff(hf_pixels, eval_transform(size)(tall)) > 0.5
+    assert max_diff(hf_pixels, eval_transform(size)(tall.crop((0, 3, size, size + 3)))) <= 1e-6
+
     answers = pipeline("zero-shot-image-classification", model=str(out), device="cpu")(
         images, candidate_labels=labels
     )

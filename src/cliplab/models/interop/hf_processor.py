@@ -6,7 +6,9 @@ and `CLIPTokenizer.from_pretrained(<dir>)` read them. The tokenizer is cliplab's
 `cliplab.models.tokenizer.CLIPTokenizer` up to the end-of-text token, then HF's convention of padding with
 end-of-text (cliplab pads with 0; the text features are the same, CLIP pools at the first end-of-text).
 HF's tokenizer does not unescape HTML entities (`&amp;`) as cliplab's does. The image processor resizes
-the shortest side (bicubic), centre-crops and normalises, as `cliplab.data.transforms.eval_transform`.
+the shortest side (bicubic), centre-crops and normalises, as `cliplab.data.transforms.eval_transform`; the
+pixels agree exactly for images at the model's size. HF resizes with torch (about one grey level from
+Pillow's) and floors the crop offset (cliplab rounds half to even: an odd excess shifts HF's crop by one pixel).
 """
 
 import json
