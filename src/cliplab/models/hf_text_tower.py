@@ -137,7 +137,7 @@ class HFTextTower(nn.Module):
         hf_config = self.transformer.config
         width = hf_config.hidden_size
         self.pad_token_id = hf_config.pad_token_id if hf_config.pad_token_id is not None else 0
-        self.pooler = pooler
+        self.pooler, self.proj_type = pooler, proj
         if proj == "linear":
             self.proj = nn.Linear(width, embed_dim, bias=False)
         elif proj == "mlp":
