@@ -64,6 +64,8 @@ def build_module(cfg: DictConfig) -> CLIPModule:
         compile=cfg.get("compile", False),
         config=resolved,
         accumulation=resolved.get("accumulation"),
+        distill=resolved.get("distill") or None,
+        ema=resolved.get("ema") or None,
     )
 
 
@@ -124,6 +126,7 @@ def train(cfg: DictConfig) -> dict:
     ensure_wandb_mode()
     module = build_module(cfg)
     load_pretrained(module, cfg)
+    module.load_teacher(allow_unsafe_pickle=cfg.get("allow_unsafe_pickle", False))  # a bad teacher stops here
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False)
 
