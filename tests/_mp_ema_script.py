@@ -15,6 +15,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from cliplab.checkpoints.teacher import load_teacher
 from cliplab.lit.module import CLIPModule
 from tests._mp_train_script import LOSS, MODEL, OPTIM, WORLD, Data, strategy
 
@@ -46,6 +47,7 @@ def fit(name: str, out: Path, teacher: str, epochs: int, ckpt_path: str | None =
     pl.seed_everything(0)
     distill = {"teacher": {"ckpt_path": teacher, "model": None}, "weight": 1.0}
     module = CLIPModule(model=MODEL, loss=LOSS, optim=OPTIM, scheduler=None, ema=EMA, distill=distill)
+    module.teacher = load_teacher(distill, MODEL)  # every rank its own full copy
     record = Record()
     trainer = pl.Trainer(
         accelerator="cpu",

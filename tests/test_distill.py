@@ -9,8 +9,8 @@ import torch
 import torch.multiprocessing as mp
 from open_clip.loss import DistillClipLoss
 
+from cliplab.checkpoints.teacher import load_teacher
 from cliplab.lit.module import CLIPModule
-from cliplab.lit.teacher import load_teacher
 from cliplab.losses import ClipLoss
 from cliplab.losses.distill_loss import DistillLoss
 from cliplab.models.interop import build_clip
@@ -91,7 +91,7 @@ def test_teacher_frozen_outside_optimizer_and_checkpoint(tmp_path):
     reference = _save_cliplab_teacher(path, _teacher_model_cfg())
     distill = {"teacher": {"ckpt_path": str(path), "model": None}, "weight": 0.5}
     module = CLIPModule(model=MODEL, loss=LOSS, optim=OPTIM, distill=distill)
-    module.load_teacher()
+    module.teacher = load_teacher(distill, MODEL)
     teacher = module.teacher.model
     grad_modes = []
     teacher.register_forward_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))
@@ -106,6 +106,13 @@ def test_teacher_frozen_outside_optimizer_and_checkpoint(tmp_path):
     assert all(k.startswith("model.") for k in module.state_dict())  # saved by reference only
     assert module.hparams.distill["teacher"]["ckpt_path"] == str(path)
     assert len(record.distill) == 2 and all(v > 0 for v in record.distill)
+
+
+def test_fitting_without_the_teacher_loaded_says_how(tmp_path):
+    distill = {"teacher": {"ckpt_path": str(tmp_path / "teacher.ckpt")}}
+    module = CLIPModule(model=MODEL, loss=LOSS, optim=OPTIM, distill=distill)
+    with pytest.raises(ConfigError, match="load_teacher"):
+        _quiet_trainer().fit(module, datamodule=Data())
 
 
 def test_open_clip_file_teacher_through_interop(tmp_path):

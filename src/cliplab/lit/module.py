@@ -11,11 +11,12 @@ from cliplab.lit import rng_state
 from cliplab.lit.ema import EmaWeights, ema_enabled
 from cliplab.lit.loader_resume import restore_loader_position
 from cliplab.lit.param_groups import param_groups
-from cliplab.lit.teacher import Teacher, distill_enabled, load_teacher
+from cliplab.lit.teacher import Teacher, distill_enabled
 from cliplab.losses.distill_loss import DistillLoss
 from cliplab.losses.gather import gather_rows, local_only
 from cliplab.losses.grad_cache import FeatureCache, feature_cache_chunk
 from cliplab.models.clip import MAX_LOGIT_SCALE
+from cliplab.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ class CLIPModule(pl.LightningModule):
         self._feature_cache: FeatureCache | None = None  # from training_step to backward
         self.distill_weight = float((distill or {}).get("weight", 1.0))
         self.distill_loss = DistillLoss() if distill_enabled(distill) else None
-        self.teacher: Teacher | None = None  # loaded by `load_teacher` for fitting only, never saved
+        # set by whoever fits (the pipeline: cliplab.checkpoints.teacher.load_teacher), never saved
+        self.teacher: Teacher | None = None
         self.ema: EmaWeights | None = None  # built in configure_model, beside the (possibly sharded) model
 
     def configure_model(self) -> None:
@@ -101,18 +103,13 @@ class CLIPModule(pl.LightningModule):
                 tower.compile()
             self._compiled = True
 
-    def load_teacher(self, allow_unsafe_pickle: bool | None = None) -> None:
-        """Loads the distillation teacher once (the pipeline calls it at start-up, so a bad teacher stops the
-        run before the trainer starts; `setup` calls it for a module fitted directly)."""
-        if self.distill_loss is None or self.teacher is not None:
-            return
-        if allow_unsafe_pickle is None:
-            allow_unsafe_pickle = bool((self.hparams.get("config") or {}).get("allow_unsafe_pickle", False))
-        self.teacher = load_teacher(self.hparams.distill, self.hparams.model, allow_unsafe_pickle)
-
     def setup(self, stage: str) -> None:
-        if stage == "fit":
-            self.load_teacher()
+        if stage == "fit" and self.distill_loss is not None and self.teacher is None:
+            raise ConfigError(
+                "CLIPModule(distill=...) fits with a teacher: set module.teacher = "
+                "cliplab.checkpoints.teacher.load_teacher(module.hparams.distill, module.hparams.model) first "
+                "(the pipeline does it at start-up)"
+            )
 
     def _uses_deepspeed(self) -> bool:
         return "DeepSpeed" in type(getattr(self._trainer, "strategy", None)).__name__

@@ -1,18 +1,15 @@
-"""The frozen teacher of distillation (`conf/distill/`): loaded once, checked against the student, kept
-outside the student's module tree.
+"""The frozen teacher of distillation (`conf/distill/`), kept outside the student's module tree, and the
+rule a teacher must meet (`cliplab.checkpoints.teacher.load_teacher` reads one from a file).
 
 Not a submodule of the LightningModule on purpose: it is then in no optimizer, no state dict (the student's
 checkpoint names it by `distill.teacher.ckpt_path` in its hyperparameters only), no DDP/FSDP wrapping, and
 Lightning's `train()` never switches it out of eval mode.
 """
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from cliplab.models.interop.build import build_clip
-from cliplab.utils.errors import CliplabError, ConfigError
+from cliplab.utils.errors import ConfigError
 
 
 def distill_enabled(distill: dict | None) -> bool:
@@ -53,45 +50,3 @@ def check_same_inputs(teacher_cfg: dict, student_cfg: dict, where: str) -> None:
             f"distill: the teacher ({where}) uses another tokenizer than the student's model.text_tower.tokenizer; "
             "the teacher scores the student's tokens, so both need the same tokenizer and context length"
         )
-
-
-def load_teacher(distill: dict, student_model: dict, allow_unsafe_pickle: bool = False) -> Teacher:
-    """The teacher of `distill` (`{"teacher": {"ckpt_path", "model"}}`): a cliplab checkpoint (architecture
-    from its hyperparameters), or with `teacher.model` (a named-model config) an OpenAI / open_clip file."""
-    teacher_cfg = distill["teacher"]
-    path = Path(str(teacher_cfg["ckpt_path"]))
-    if not path.exists():
-        raise ConfigError(f"distill.teacher.ckpt_path={path} does not exist")
-    where = f"distill.teacher.ckpt_path={path}"
-    if teacher_cfg.get("model"):
-        from cliplab.models.interop import load_openclip_checkpoint
-
-        model_cfg = teacher_cfg["model"]
-        check_same_inputs(model_cfg, student_model, where)
-        model = build_clip(model_cfg)
-        try:
-            load_openclip_checkpoint(model, path, allow_unsafe_pickle=allow_unsafe_pickle)
-        except CliplabError:
-            raise
-        except (ValueError, KeyError, RuntimeError) as err:  # layout conversion failures: one line
-            message = " ".join(str(err).split())
-            raise ConfigError(f"{where} does not fit distill.teacher.model: {message}") from None
-        return Teacher(model)
-    from cliplab.checkpoints.load import load_checkpoint
-
-    checkpoint = load_checkpoint(path, allow_unsafe_pickle)
-    hparams = checkpoint.get("hyper_parameters")
-    if not isinstance(hparams, dict) or "model" not in hparams:
-        raise ConfigError(
-            f"{where} is not a cliplab checkpoint; for an OpenAI / open_clip file name its architecture too, "
-            f"e.g. model@distill.teacher.model=vit_b32"
-        )
-    check_same_inputs(hparams["model"], student_model, where)
-    model = build_clip(hparams["model"])
-    state = {
-        k.removeprefix("_forward_module.").removeprefix("model."): v
-        for k, v in checkpoint["state_dict"].items()
-        if k.removeprefix("_forward_module.").startswith("model.")  # the CLIP, not an EMA copy
-    }
-    model.load_state_dict(state, strict=True)
-    return Teacher(model)
