@@ -23,6 +23,8 @@ GROUPS_REQUIRED = {
     "hydra": None,
     "experiment": None,
     "debug": None,
+    "distill": {"none", "clip"},
+    "ema": {"none", "default"},
 }
 
 
@@ -49,6 +51,8 @@ SWAPPABLE = [
     "experiment",
     "zeroshot",
     "lock",
+    "distill",
+    "ema",
 ]
 
 

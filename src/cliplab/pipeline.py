@@ -64,6 +64,8 @@ def build_module(cfg: DictConfig) -> CLIPModule:
         compile=cfg.get("compile", False),
         config=resolved,
         accumulation=resolved.get("accumulation"),
+        distill=resolved.get("distill") or None,
+        ema=resolved.get("ema") or None,
     )
 
 
@@ -86,6 +88,16 @@ def load_pretrained(module: CLIPModule, cfg: DictConfig) -> None:
         raise ConfigError(f"pretrained={cfg.pretrained} does not fit this model: {message}") from None
 
 
+def load_distill_teacher(module: CLIPModule, cfg: DictConfig) -> None:
+    """`distill=clip`: the frozen teacher, read and checked against the student before the trainer starts."""
+    from cliplab.checkpoints.teacher import load_teacher
+    from cliplab.lit.teacher import distill_enabled
+
+    if distill_enabled(module.hparams.distill):
+        unsafe = cfg.get("allow_unsafe_pickle", False)
+        module.teacher = load_teacher(module.hparams.distill, module.hparams.model, unsafe)
+
+
 def build_callbacks(cfg: DictConfig) -> list:
     callbacks = instantiate_group(cfg.get("callbacks"))
     if cfg.get("zeroshot"):
@@ -104,12 +116,13 @@ def save_config(cfg: DictConfig, output_dir: Path) -> None:
 
 def train(cfg: DictConfig) -> dict:
     """Trains (and evaluates) one run; returns the final metrics."""
-    # Sweeps (cliplab.sweeps.jobs): in a multirun, a finished job returns its saved metrics instead of
-    # retraining, and an interrupted one resumes from its last.ckpt; also names the job's W&B run.
-    finished = start_job(cfg)
-    if finished is not None:
-        return finished
     validate(cfg)
+    # Sweeps (cliplab.sweeps.jobs): in a multirun, a finished job returns its saved metrics instead of
+    # retraining, and an interrupted one resumes from its newest checkpoint; also names the job's W&B run.
+    job = start_job(cfg)
+    if job.finished is not None:
+        return job.finished
+    cfg = job.cfg
     # `last`, a run directory or a checkpoint: resolved, and refused (one line) if loading could run code
     cfg.ckpt_path = resume_path(cfg)
     try:
@@ -123,6 +136,7 @@ def train(cfg: DictConfig) -> dict:
     ensure_wandb_mode()
     module = build_module(cfg)
     load_pretrained(module, cfg)
+    load_distill_teacher(module, cfg)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False)
 

@@ -226,6 +226,26 @@ def _meta_tower(node):
         return None
 
 
+def check_hub_names(cfg: DictConfig) -> None:
+    """Offline, a Hugging Face text tower named by hub id (the presets) needs a local folder instead."""
+    from cliplab.models.hf_hub import check_reachable
+
+    text = cfg.model.get("text_tower") or {}
+    if not str(text.get("_target_", "")).endswith("HFTextTower"):
+        return
+    name = text.get("model_name_or_path")
+    check_reachable("model.text_tower.model_name_or_path", name)  # tokenizer files, and weights or config
+    # A tokenizer read from another folder than the encoder (wherever the tokenizer config lives).
+    tokenizers = {
+        "model.text_tower.tokenizer": text.get("tokenizer"),
+        "model.tokenizer": cfg.model.get("tokenizer"),
+    }
+    for key, node in tokenizers.items():
+        source = node.get("name_or_path") if isinstance(node, DictConfig) else None
+        if source is not None and source != name:
+            check_reachable(f"{key}.name_or_path", source, "tokenizer_config.json")
+
+
 def _is_timm_vit(model_name) -> bool:
     from cliplab.models.image_tower import family
 
@@ -240,6 +260,54 @@ def _shards_blocks(cfg: DictConfig) -> bool:
     strategy, target = cfg.trainer.get("strategy"), _strategy_target(cfg).lower()
     stage = strategy.get("stage") if isinstance(strategy, DictConfig) else None
     return "fsdp" in target or "stage_3" in target or stage == 3
+
+
+def _unknown_keys(node, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(node or {}) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]} is not an option; {where} takes {', '.join(sorted(allowed))}"
+        )
+
+
+def check_distill(cfg: DictConfig) -> None:
+    """A teacher that exists, and a training step that runs it (the teacher's fit to the student's inputs is
+    checked when it is loaded, still before the trainer starts: `cliplab.lit.teacher`)."""
+    from pathlib import Path
+
+    distill = cfg.get("distill")
+    if not distill:
+        return
+    _unknown_keys(distill, {"teacher", "weight"}, "distill")
+    _unknown_keys(distill.get("teacher"), {"ckpt_path", "model"}, "distill.teacher")
+    path = (distill.get("teacher") or {}).get("ckpt_path")
+    if not path:
+        return
+    if not Path(str(path)).exists():
+        raise ConfigError(f"distill.teacher.ckpt_path={path} does not exist")
+    weight = distill.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or weight < 0:
+        raise ConfigError(f"distill.weight={weight!r} must be a number >= 0, e.g. distill.weight=1.0")
+    if (cfg.get("accumulation") or {}).get("mode", "none") != "none":
+        raise ConfigError(
+            "distill=clip with accumulation=feature_cache: the chunked step does not run the teacher; "
+            "use accumulation=none"
+        )
+
+
+def check_ema(cfg: DictConfig) -> None:
+    ema = cfg.get("ema")
+    if not ema:
+        return
+    _unknown_keys(ema, {"decay", "warmup"}, "ema")
+    decay = ema.get("decay")
+    if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0 <= decay < 1:
+        raise ConfigError(f"ema.decay={decay!r} must be a number in [0, 1), e.g. ema.decay=0.9999")
+    if "DeepSpeed" in _strategy_target(cfg):
+        raise ConfigError(
+            f"ema=default with trainer={_choice(cfg, 'trainer', '?')}: DeepSpeed's engine partitions and owns "
+            "the weights; use trainer=ddp or trainer=fsdp, or ema=none"
+        )
 
 
 def check_missing(cfg: DictConfig) -> None:
@@ -257,6 +325,9 @@ def validate(cfg: DictConfig) -> None:
     check_types(cfg)
     check_towers(cfg)
     check_locks(cfg)
+    check_hub_names(cfg)
     check_loss(cfg)
+    check_distill(cfg)
+    check_ema(cfg)
     check_batch(cfg)
     check_hardware(cfg)

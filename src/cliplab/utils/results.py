@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 from rich.console import Console
 from rich.table import Table
 
-EVAL_PREFIXES = ("zeroshot/", "retrieval/")
+EVAL_PREFIXES = ("zeroshot/", "retrieval/", "ema/")  # ema/: the same metrics for the averaged weights
 
 
 def final_results(trainer: pl.Trainer, metrics: dict[str, float]) -> list[dict]:
@@ -17,7 +17,7 @@ def final_results(trainer: pl.Trainer, metrics: dict[str, float]) -> list[dict]:
         if hasattr(callback, "chance_levels"):
             chance.update(callback.chance_levels())
     return [
-        {"metric": name, "value": value, "chance": chance.get(name)}
+        {"metric": name, "value": value, "chance": chance.get(name.removeprefix("ema/"))}
         for name, value in sorted(metrics.items())
         if name.startswith(EVAL_PREFIXES)
     ]
