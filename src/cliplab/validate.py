@@ -194,6 +194,37 @@ def _shards_blocks(cfg: DictConfig) -> bool:
     return "fsdp" in target or "stage_3" in target or stage == 3
 
 
+def check_lora(cfg: DictConfig) -> None:
+    """LoRA settings, and every target module suffix present in its tower (the model built on the meta device)."""
+    from omegaconf import OmegaConf
+
+    from cliplab.models.lora import LoraTargetError, enabled, resolve_targets
+
+    lora = cfg.get("lora")
+    if not enabled(lora):
+        return
+    r, alpha, dropout = lora.get("r"), lora.get("alpha"), lora.get("dropout", 0.0)
+    if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1:
+        raise ConfigError(f"lora.r={r!r} must be a positive integer (the adapter rank), e.g. lora.r=8")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or alpha <= 0:
+        raise ConfigError(f"lora.alpha={alpha!r} must be a positive number, e.g. lora.alpha=16")
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+        raise ConfigError(f"lora.dropout={dropout!r} must be in [0, 1)")
+    if "DeepSpeed" in _strategy_target(cfg):
+        raise ConfigError(
+            f"lora with trainer={_choice(cfg, 'trainer', '?')}: LoRA is built and tested with DDP and FSDP2 only; "
+            "use trainer=ddp or trainer=fsdp"
+        )
+    from hydra.utils import instantiate
+
+    with torch.device("meta"):  # no memory, no init compute: just the module names
+        model = instantiate(cfg.model, _convert_="object")
+    try:
+        resolve_targets(model, OmegaConf.to_container(lora, resolve=True))
+    except LoraTargetError as err:
+        raise ConfigError(str(err)) from None
+
+
 def check_missing(cfg: DictConfig) -> None:
     """A `???` value not given yet: name the key with an example command (before anything reads it)."""
     from cliplab.utils.missing import missing_keys, missing_message
@@ -209,5 +240,6 @@ def validate(cfg: DictConfig) -> None:
     check_types(cfg)
     check_towers(cfg)
     check_loss(cfg)
+    check_lora(cfg)
     check_batch(cfg)
     check_hardware(cfg)

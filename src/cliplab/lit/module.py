@@ -13,6 +13,8 @@ from cliplab.lit.param_groups import param_groups
 from cliplab.losses.gather import gather_rows, local_only
 from cliplab.losses.grad_cache import FeatureCache, feature_cache_chunk
 from cliplab.models.clip import MAX_LOGIT_SCALE
+from cliplab.models.lora import add_lora
+from cliplab.models.lora import enabled as lora_enabled
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,8 @@ class CLIPModule(pl.LightningModule):
     `accumulation` (`conf/accumulation/`) is how a step reaches its batch: `{mode: none}` (one forward and
     backward) or `{mode: feature_cache, chunk_size: N}` (GradCache: the towers run N samples at a time, the
     loss sees the whole batch, gradients equal to one big-batch backward), for any contrastive loss.
+    `lora` (`conf/lora/`): LoRA adapters injected after the model is built (`cliplab.models.lora`); only
+    they (and `lora.also_train`) train, and checkpoints hold the adapted model's keys.
     """
 
     def __init__(
@@ -37,6 +41,7 @@ class CLIPModule(pl.LightningModule):
         compile: bool = False,
         config: dict | None = None,
         accumulation: dict | None = None,
+        lora: dict | None = None,
     ):
         super().__init__()
         if str(loss.get("_target_", "")).endswith("FeatureCacheLoss"):  # a checkpoint of loss=clip_gradcache
@@ -56,7 +61,7 @@ class CLIPModule(pl.LightningModule):
         self._samples_seen_value = torch.zeros(())
         # FLOPs per sample by (text length, with backward)
         self._flops_cache: dict[tuple[int | None, bool], float | None] = {}
-        self._sharded = self._compiled = False
+        self._sharded = self._compiled = self._adapted = False
         self._rng_states_to_restore = None  # from a checkpoint, until on_train_start sets them
         # Feature-cache accumulation: training_step embeds the chunks without autograd and returns the loss
         # of the cached features; `backward` back-propagates it through the towers chunk by chunk. Lightning
@@ -64,11 +69,19 @@ class CLIPModule(pl.LightningModule):
         self.feature_cache_chunk = feature_cache_chunk(accumulation)
         self._feature_cache: FeatureCache | None = None  # from training_step to backward
 
+    def build_model(self) -> None:
+        """The plain CLIP model, without adapters (the pipeline loads pretrained weights into it)."""
+        if self.model is None:
+            self.model = instantiate(self.hparams.model, _convert_="object")
+
     def configure_model(self) -> None:
         # Idempotent: called by fit, by load_from_checkpoint, by sharded strategies, and by the pipeline
         # when it loads pretrained weights before fitting.
-        if self.model is None:
-            self.model = instantiate(self.hparams.model, _convert_="object")
+        self.build_model()
+        lora = self.hparams.get("lora")
+        if not self._adapted and lora_enabled(lora):  # before sharding: FSDP2 shards the adapted blocks
+            add_lora(self.model, lora)
+            self._adapted = True
         if self.device_mesh is not None and not self._sharded:  # ModelParallelStrategy: FSDP2 per block
             from cliplab.lit.sharding import shard_model
 
