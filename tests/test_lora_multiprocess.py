@@ -34,5 +34,7 @@ def test_only_adapters_move(result, strategy):
 
 
 def test_fsdp_takes_the_same_steps_as_ddp(result):
-    assert result["fsdp"]["losses"] == pytest.approx(result["ddp"]["losses"], rel=1e-5)
+    assert result["fsdp"]["losses"] == pytest.approx(
+        result["ddp"]["losses"], rel=1e-4
+    )  # reduce-scatter vs all-reduce: float32 sums in another order
     assert result["fsdp"]["trainable"] == result["ddp"]["trainable"]

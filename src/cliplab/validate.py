@@ -225,6 +225,31 @@ def check_lora(cfg: DictConfig) -> None:
         raise ConfigError(str(err)) from None
 
 
+def check_finetune(cfg: DictConfig) -> None:
+    """`src/finetune.py`'s settings (conf/finetune.yaml), before the model is loaded."""
+    check_missing(cfg)
+    ft = cfg.finetune
+    for key in ("steps", "batch_size"):
+        value = ft.get(key)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ConfigError(f"finetune.{key}={value!r} must be a positive integer, e.g. finetune.{key}=100")
+    if isinstance(ft.lr, bool) or not isinstance(ft.lr, numbers.Real) or ft.lr <= 0:
+        raise ConfigError(f"finetune.lr={ft.lr!r} must be a positive number, e.g. finetune.lr=1e-5")
+    if ft.get("precision") not in ("bf16", "fp16", "fp32"):
+        raise ConfigError(f"finetune.precision={ft.get('precision')!r} must be one of bf16, fp16, fp32")
+    alphas = list(cfg.get("alphas") or [])
+    bad = [a for a in alphas if isinstance(a, bool) or not isinstance(a, numbers.Real) or not 0 <= a <= 1]
+    if not alphas or bad:
+        raise ConfigError(
+            f"alphas={alphas} must be numbers in [0, 1] (0: zero-shot weights, 1: fine-tuned), e.g. alphas=[0,0.5,1]"
+        )
+    if ft.get("test") is None and not 0 < (ft.get("holdout") or 0) < 1:
+        raise ConfigError(
+            f"finetune.holdout={ft.get('holdout')} must be in (0, 1) when finetune.test is null (the share of "
+            "finetune.data held out for testing), e.g. finetune.holdout=0.2"
+        )
+
+
 def check_missing(cfg: DictConfig) -> None:
     """A `???` value not given yet: name the key with an example command (before anything reads it)."""
     from cliplab.utils.missing import missing_keys, missing_message
