@@ -41,6 +41,7 @@ SWAPPABLE = [
     "model",
     "data",
     "loss",
+    "lora",
     "optim",
     "scheduler",
     "logger",

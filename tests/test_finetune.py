@@ -107,6 +107,12 @@ def test_report_files(run):
     assert (out / "wiseft.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_missing_pretrained_is_named_with_an_example(tmp_path):
+    cfg = compose_config(["finetune.data.root=y"], "finetune", tmp_path)
+    with pytest.raises(ConfigError, match=r"^pretrained is required: python src/.*pretrained=logs/"):
+        check_finetune(cfg)
+
+
 @pytest.mark.parametrize(
     ("override", "words"),
     [

@@ -181,3 +181,22 @@ def test_bad_lora_stops_at_start_up_with_one_line(cfg_factory, override, words):
         validate(cfg_factory(["lora=default", override]))
     message = str(err.value)
     assert words in message and "\n" not in message
+
+
+def test_pretrained_weights_load_under_the_adapters(tmp_path):
+    from cliplab.pipeline import load_pretrained
+
+    torch.manual_seed(1)
+    plain = CLIPModule(model=MODEL, loss=LOSS, optim=OPTIM)
+    plain.configure_model()
+    path = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": plain.state_dict(), "hyper_parameters": dict(plain.hparams)}, path)
+    torch.manual_seed(0)  # other initial weights than the checkpoint's
+    module = CLIPModule(model=MODEL, loss=LOSS, optim=OPTIM, scheduler=None, lora=LORA)
+    load_pretrained(module, OmegaConf.create({"pretrained": str(path), "ckpt_path": None}))
+    module.configure_model()
+    assert has_lora(module.model)
+    state = module.model.state_dict()
+    for key, value in plain.model.state_dict().items():
+        adapted_key = key.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        assert torch.equal(state.get(key, state.get(adapted_key)), value), key
