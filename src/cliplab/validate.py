@@ -217,8 +217,11 @@ def check_lora(cfg: DictConfig) -> None:
         )
     from hydra.utils import instantiate
 
-    with torch.device("meta"):  # no memory, no init compute: just the module names
-        model = instantiate(cfg.model, _convert_="object")
+    try:
+        with torch.device("meta"):  # no memory, no init compute: just the module names
+            model = instantiate(cfg.model, _convert_="object")
+    except Exception:  # e.g. a tower that reads weights from disk: configure_model checks the targets then
+        return
     try:
         resolve_targets(model, OmegaConf.to_container(lora, resolve=True))
     except LoraTargetError as err:

@@ -11,13 +11,16 @@ from collections.abc import Mapping
 
 from torch import nn
 
+from cliplab.utils.errors import ConfigError
+
 TOWER_ATTRS = {"image": "visual", "text": "text"}
 # Module types peft's LoRA wraps.
 ADAPTABLE = (nn.Linear, nn.Conv2d, nn.Embedding)
 
 
-class LoraTargetError(ValueError):
-    """A target suffix names no adaptable module of its tower (the message lists those it has)."""
+class LoraTargetError(ConfigError, ValueError):
+    """A target suffix names no adaptable module of its tower (the message lists those it has): one line
+    wherever it is raised (validation, or `configure_model` for a tower the meta device cannot build)."""
 
 
 def enabled(lora: Mapping | None) -> bool:
