@@ -66,7 +66,8 @@ def test_alpha_zero_is_the_zero_shot_model(run):
     with torch.no_grad():
         expected = zeroshot_metrics(model.encode_image(images), weights, labels)["top1"]
     row = result["rows"][0]
-    assert row["alpha"] == 0.0 and row["task"]["top1"] == expected
+    # the same count of correct images (torchmetrics reports it in float32; 1/6 apart per image here)
+    assert row["alpha"] == 0.0 and row["task"]["top1"] == pytest.approx(expected, abs=1e-6)
     from hydra.utils import instantiate
 
     other = instantiate(cfg.zeroshot.folder)
