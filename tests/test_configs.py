@@ -43,6 +43,7 @@ SWAPPABLE = [
     "model",
     "data",
     "loss",
+    "lora",
     "optim",
     "scheduler",
     "logger",

@@ -66,6 +66,7 @@ def build_module(cfg: DictConfig) -> CLIPModule:
         accumulation=resolved.get("accumulation"),
         distill=resolved.get("distill") or None,
         ema=resolved.get("ema") or None,
+        lora=resolved.get("lora"),
     )
 
 
@@ -77,7 +78,7 @@ def load_pretrained(module: CLIPModule, cfg: DictConfig) -> None:
 
     if not Path(cfg.pretrained).is_file():
         raise ConfigError(f"pretrained={cfg.pretrained} is not a file")
-    module.configure_model()
+    module.build_model()  # the plain model: LoRA adapters (if any) are added on top by configure_model
     unsafe = cfg.get("allow_unsafe_pickle", False)
     try:
         load_openclip_checkpoint(module.model, cfg.pretrained, allow_unsafe_pickle=unsafe)

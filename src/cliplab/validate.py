@@ -310,6 +310,65 @@ def check_ema(cfg: DictConfig) -> None:
         )
 
 
+def check_lora(cfg: DictConfig) -> None:
+    """LoRA settings, and every target module suffix present in its tower (the model built on the meta device)."""
+    from omegaconf import OmegaConf
+
+    from cliplab.models.lora import LoraTargetError, enabled, resolve_targets
+
+    lora = cfg.get("lora")
+    if not enabled(lora):
+        return
+    r, alpha, dropout = lora.get("r"), lora.get("alpha"), lora.get("dropout", 0.0)
+    if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1:
+        raise ConfigError(f"lora.r={r!r} must be a positive integer (the adapter rank), e.g. lora.r=8")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or alpha <= 0:
+        raise ConfigError(f"lora.alpha={alpha!r} must be a positive number, e.g. lora.alpha=16")
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+        raise ConfigError(f"lora.dropout={dropout!r} must be in [0, 1)")
+    if "DeepSpeed" in _strategy_target(cfg):
+        raise ConfigError(
+            f"lora with trainer={_choice(cfg, 'trainer', '?')}: LoRA is built and tested with DDP and FSDP2 only; "
+            "use trainer=ddp or trainer=fsdp"
+        )
+    from hydra.utils import instantiate
+
+    try:
+        with torch.device("meta"):  # no memory, no init compute: just the module names
+            model = instantiate(cfg.model, _convert_="object")
+    except Exception:  # e.g. a tower that reads weights from disk: configure_model checks the targets then
+        return
+    try:
+        resolve_targets(model, OmegaConf.to_container(lora, resolve=True))
+    except LoraTargetError as err:
+        raise ConfigError(str(err)) from None
+
+
+def check_finetune(cfg: DictConfig) -> None:
+    """`src/finetune.py`'s settings (conf/finetune.yaml), before the model is loaded."""
+    check_missing(cfg)
+    ft = cfg.finetune
+    for key in ("steps", "batch_size"):
+        value = ft.get(key)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ConfigError(f"finetune.{key}={value!r} must be a positive integer, e.g. finetune.{key}=100")
+    if isinstance(ft.lr, bool) or not isinstance(ft.lr, numbers.Real) or ft.lr <= 0:
+        raise ConfigError(f"finetune.lr={ft.lr!r} must be a positive number, e.g. finetune.lr=1e-5")
+    if ft.get("precision") not in ("bf16", "fp16", "fp32"):
+        raise ConfigError(f"finetune.precision={ft.get('precision')!r} must be one of bf16, fp16, fp32")
+    alphas = list(cfg.get("alphas") or [])
+    bad = [a for a in alphas if isinstance(a, bool) or not isinstance(a, numbers.Real) or not 0 <= a <= 1]
+    if not alphas or bad:
+        raise ConfigError(
+            f"alphas={alphas} must be numbers in [0, 1] (0: zero-shot weights, 1: fine-tuned), e.g. alphas=[0,0.5,1]"
+        )
+    if ft.get("test") is None and not 0 < (ft.get("holdout") or 0) < 1:
+        raise ConfigError(
+            f"finetune.holdout={ft.get('holdout')} must be in (0, 1) when finetune.test is null (the share of "
+            "finetune.data held out for testing), e.g. finetune.holdout=0.2"
+        )
+
+
 def check_missing(cfg: DictConfig) -> None:
     """A `???` value not given yet: name the key with an example command (before anything reads it)."""
     from cliplab.utils.missing import missing_keys, missing_message
@@ -329,5 +388,6 @@ def validate(cfg: DictConfig) -> None:
     check_loss(cfg)
     check_distill(cfg)
     check_ema(cfg)
+    check_lora(cfg)
     check_batch(cfg)
     check_hardware(cfg)

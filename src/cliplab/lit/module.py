@@ -16,6 +16,8 @@ from cliplab.losses.distill_loss import DistillLoss
 from cliplab.losses.gather import gather_rows, local_only
 from cliplab.losses.grad_cache import FeatureCache, feature_cache_chunk
 from cliplab.models.clip import MAX_LOGIT_SCALE
+from cliplab.models.lora import add_lora
+from cliplab.models.lora import enabled as lora_enabled
 from cliplab.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,8 @@ class CLIPModule(pl.LightningModule):
     `distill` (`conf/distill/`): `{teacher: {ckpt_path, model}, weight}` adds `weight` x the logit distillation
     loss from a frozen teacher (`cliplab.lit.teacher`); `ema` (`conf/ema/`): `{decay, warmup}` keeps an
     exponential moving average of the weights (`cliplab.lit.ema`) in `self.ema`, part of the state dict.
+    `lora` (`conf/lora/`): LoRA adapters injected after the model is built (`cliplab.models.lora`); only
+    they (and `lora.also_train`) train, and checkpoints hold the adapted model's keys.
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class CLIPModule(pl.LightningModule):
         accumulation: dict | None = None,
         distill: dict | None = None,
         ema: dict | None = None,
+        lora: dict | None = None,
     ):
         super().__init__()
         if str(loss.get("_target_", "")).endswith("FeatureCacheLoss"):  # a checkpoint of loss=clip_gradcache
@@ -65,7 +70,7 @@ class CLIPModule(pl.LightningModule):
         self._samples_seen_value = torch.zeros(())
         # FLOPs per sample by (text length, with backward)
         self._flops_cache: dict[tuple[int | None, bool], float | None] = {}
-        self._sharded = self._compiled = False
+        self._sharded = self._compiled = self._adapted = False
         self._rng_states_to_restore = None  # from a checkpoint, until on_train_start sets them
         # Feature-cache accumulation: training_step embeds the chunks without autograd and returns the loss
         # of the cached features; `backward` back-propagates it through the towers chunk by chunk. Lightning
@@ -78,11 +83,19 @@ class CLIPModule(pl.LightningModule):
         self.teacher: Teacher | None = None
         self.ema: EmaWeights | None = None  # built in configure_model, beside the (possibly sharded) model
 
+    def build_model(self) -> None:
+        """The plain CLIP model, without adapters (the pipeline loads pretrained weights into it)."""
+        if self.model is None:
+            self.model = instantiate(self.hparams.model, _convert_="object")
+
     def configure_model(self) -> None:
         # Idempotent: called by fit, by load_from_checkpoint, by sharded strategies, and by the pipeline
         # when it loads pretrained weights before fitting.
-        if self.model is None:
-            self.model = instantiate(self.hparams.model, _convert_="object")
+        self.build_model()
+        lora = self.hparams.get("lora")
+        if not self._adapted and lora_enabled(lora):  # before sharding: FSDP2 shards the adapted blocks
+            add_lora(self.model, lora)
+            self._adapted = True
         if self.device_mesh is not None and not self._sharded:  # ModelParallelStrategy: FSDP2 per block
             from cliplab.lit.sharding import shard_model
 
