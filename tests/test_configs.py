@@ -15,7 +15,7 @@ GROUPS_REQUIRED = {
     "loss": None,
     "optim": None,
     "scheduler": None,
-    "zeroshot": None,
+    "evals": None,
     "callbacks": None,
     "logger": {"wandb", "csv", "tensorboard", "none"},
     "trainer": {"cpu", "gpu", "ddp", "fsdp", "deepspeed"},
@@ -47,7 +47,7 @@ SWAPPABLE = [
     "trainer",
     "debug",
     "experiment",
-    "zeroshot",
+    "evals",
 ]
 
 
