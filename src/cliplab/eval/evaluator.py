@@ -11,6 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 from torch import nn
 
 from cliplab.utils.errors import ConfigError
@@ -75,7 +76,13 @@ def build_entry(name: str, node: Mapping) -> EvalEntry:
     """One config entry -> EvalEntry (`prefix` and `schedule` are the scheduler's; the rest builds the
     evaluator)."""
     if isinstance(node, DictConfig):  # resolved where it sits, so `${paths...}` still finds the root
-        node = OmegaConf.to_container(node, resolve=True)
+        try:
+            node = OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+        except MissingMandatoryValue as err:  # `???`: named from the top, with an example command
+            from cliplab.utils.missing import missing_message
+
+            key = err.full_key if err.full_key.startswith("evals.") else f"evals.{name}.{err.full_key}"
+            raise ConfigError(missing_message(key)) from None
     node = dict(node)
     if "_target_" not in node:
         raise ConfigError(f"evals.{name} has no _target_ (the evaluator class)")

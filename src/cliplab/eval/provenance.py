@@ -15,12 +15,14 @@ def digest(value) -> str:
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file, or of every file under a folder (sharded checkpoints), in sorted order."""
+    """sha256 of a file (as `sha256sum` prints it), or of every file under a folder (sharded checkpoints)
+    with its relative name, in sorted order."""
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     h = hashlib.sha256()
     for file in files:
-        h.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        if path.is_dir():
+            h.update(str(file.relative_to(path)).encode())
         with file.open("rb") as f:
             while block := f.read(chunk):
                 h.update(block)
