@@ -33,7 +33,7 @@ def pairs_table(root: Path, n: int = 12, seed: int = 0) -> Path:
     for i in range(n):
         pixels = rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(root / f"{i}.png")
-        lines.append(f"{i}.png,a picture number {i} of {'abcdefghijklmnop'[i % 16]}")
+        lines.append(f"{i}.png,{i} {'abcdefghijklmnop'[i % 16]} picture")  # distinct in a short context
     (root / "pairs.csv").write_text("\n".join(lines) + "\n")
     return root / "pairs.csv"
 

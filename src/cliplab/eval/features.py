@@ -8,6 +8,15 @@ from cliplab.eval.benchmarks import BenchmarkError
 from cliplab.losses.gather import gather_rows
 
 
+def rank_share(length: int, batch_size: int, rank: int, world_size: int) -> list[int]:
+    """The items of `rank`: whole batches of `batch_size`, dealt round robin (batch j to rank j % world).
+
+    Every batch holds the same images as in a one-process run, so the features are bitwise the same on
+    any number of ranks (kernels can round differently when a batch holds other images)."""
+    starts = range(rank * batch_size, length, world_size * batch_size)
+    return [i for start in starts for i in range(start, min(start + batch_size, length))]
+
+
 def _collate_indexed(batch):
     """`[(index, (image | None, label))]` -> (indices, images | None, labels) of the readable images."""
     kept = [(i, img, label) for i, (img, label) in batch if img is not None]
@@ -35,9 +44,9 @@ def extract_features(
     """`(indices, features [N, E] normalised float32 on CPU, labels)` of every readable image of `dataset`
     (`(image | None, label)` items), sorted by index: the same on every rank and for any world size.
 
-    Rank r encodes images r, r + world_size, ...; every rank then holds all features (gathered)."""
+    Each rank encodes its `rank_share` of the batches; every rank then holds all features (gathered)."""
     param = next(model.parameters())
-    shard = Subset(_Indexed(dataset), range(rank, len(dataset), world_size))
+    shard = Subset(_Indexed(dataset), rank_share(len(dataset), batch_size, rank, world_size))
     loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_indexed)
     parts_i, parts_f, parts_y = [], [], []
     for indices, images, labels in loader:

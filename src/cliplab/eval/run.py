@@ -1,9 +1,9 @@
 """Evaluation loops: a model (+ tokenizer) on zero-shot benchmarks and on paired retrieval data, and
 `evaluate(cfg)`, the body of `src/eval.py` (every `evals` entry on a checkpoint).
 
-Plain functions shared by the evaluators (cliplab.eval.evaluators) and `src/eval.py`. Each rank takes every world_size-th
-image; counts and metrics are summed across ranks (torchmetrics and `torch.distributed`) so every rank
-returns the same numbers.
+Plain functions shared by the evaluators (cliplab.eval.evaluators) and `src/eval.py`. Each rank takes
+every world_size-th batch of images; counts and metrics are summed across ranks (torchmetrics and
+`torch.distributed`) so every rank returns the same numbers.
 """
 
 import logging
@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from cliplab.eval.benchmarks import BenchmarkError, ZeroShotBenchmark, collate_skipping
+from cliplab.eval.features import rank_share
 from cliplab.eval.retrieval import retrieval_metrics
 from cliplab.eval.zeroshot import ClassifierCache, ZeroShotAccumulator, build_zeroshot_classifier
 from cliplab.losses.gather import gather_rows
@@ -50,7 +51,7 @@ def evaluate_zeroshot(
         args = (model, tokenizer, benchmark.classnames, benchmark.templates, text_batch_size, device)
         classifier = cache.get(*args) if cache is not None else build_zeroshot_classifier(*args)
         dataset = benchmark.dataset(transform)
-        shard = Subset(dataset, range(rank, len(dataset), world_size))
+        shard = Subset(dataset, rank_share(len(dataset), batch_size, rank, world_size))  # same batches as 1 rank
         loader = DataLoader(
             shard, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping
         )
