@@ -20,7 +20,9 @@ def class_folder(
         (root / f"c{c}").mkdir(parents=True)
         for i in range(per_class):
             base = colours[c] if separable else np.full(3, 128)
-            pixels = np.clip(base + rng.normal(0, spread, (IMAGE_SIZE, IMAGE_SIZE, 3)), 0, 255).astype(np.uint8)
+            pixels = np.clip(base + rng.normal(0, spread, (IMAGE_SIZE, IMAGE_SIZE, 3)), 0, 255).astype(
+                np.uint8
+            )
             Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
     return root
 
@@ -54,7 +56,9 @@ class PixelModel(torch.nn.Module):
         return images.flatten(1) @ self.image_proj
 
     def encode_text(self, tokens, normalize=False):
-        counts = torch.zeros(tokens.shape[0], 64).scatter_add_(1, tokens % 64, torch.ones_like(tokens).float())
+        counts = torch.zeros(tokens.shape[0], 64).scatter_add_(
+            1, tokens % 64, torch.ones_like(tokens).float()
+        )
         return counts @ self.text_proj
 
 

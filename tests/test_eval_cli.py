@@ -154,7 +154,9 @@ def test_eval_entry_point_writes_results(tmp_path, tiny_ckpt):
     assert 0.0 <= results["folder"]["top1"] <= 1.0
     layout = json.loads((tmp_path / "out" / "results.json").read_text())
     record = layout["produced_by"]["evals"]["folder"]
-    assert record["n_images"] == 9 and record["n_skipped"] == 1 and record["templates"] == ["a photo of a {}."]
+    assert (
+        record["n_images"] == 9 and record["n_skipped"] == 1 and record["templates"] == ["a photo of a {}."]
+    )
     assert layout["produced_by"]["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert "ClipImageTransform" in record["preprocessing"] and record["data_version"]
     rows = {row["metric"]: row for row in layout["rows"]}

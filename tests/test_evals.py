@@ -62,7 +62,9 @@ def test_retrieval_matches_clip_benchmark_on_the_same_data(tmp_path):
     rows = [line.split(",", 1) for line in table.read_text().splitlines()[1:]]
     transform = eval_transform(IMAGE_SIZE)
     items = [(transform(Image.open(table.parent / img).convert("RGB")), [cap]) for img, cap in rows]
-    loader = torch.utils.data.DataLoader(items, batch_size=5, collate_fn=lambda b: (torch.stack([i for i, _ in b]), [t for _, t in b]))
+    loader = torch.utils.data.DataLoader(
+        items, batch_size=5, collate_fn=lambda b: (torch.stack([i for i, _ in b]), [t for _, t in b])
+    )
     oracle = cb.evaluate(model, loader, char_tokenizer, "cpu", amp=False, recall_k_list=[1, 5, 10])
     for k in (1, 5, 10):  # CLIP_benchmark names them by what is retrieved: "image retrieval" is text->image
         assert got[f"text_to_image_R@{k}"] == pytest.approx(oracle[f"image_retrieval_recall@{k}"])

@@ -51,7 +51,8 @@ def evaluate_zeroshot(
         args = (model, tokenizer, benchmark.classnames, benchmark.templates, text_batch_size, device)
         classifier = cache.get(*args) if cache is not None else build_zeroshot_classifier(*args)
         dataset = benchmark.dataset(transform)
-        shard = Subset(dataset, rank_share(len(dataset), batch_size, rank, world_size))  # same batches as 1 rank
+        # whole batches round robin: each batch holds the images it holds on one rank
+        shard = Subset(dataset, rank_share(len(dataset), batch_size, rank, world_size))
         loader = DataLoader(
             shard, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping
         )

@@ -8,7 +8,6 @@ rank 0 with its metrics sent to every rank (scikit-learn runs once, every rank l
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.distributed as dist
 
 from cliplab.eval.benchmarks import BenchmarkError, ImageFolderBenchmark
@@ -51,11 +50,12 @@ class _FolderProbe:
     def __init__(self, root, test_fraction: float = 0.3, val_fraction: float = 0.2, c_grid=None,
                  seed: int = 0, limit: int | None = None, batch_size: int = 256, num_workers: int = 0):  # fmt: skip
         self.root = Path(root) if root else None
-        self.test_fraction, self.val_fraction, self.seed = float(test_fraction), float(val_fraction), int(seed)
+        self.test_fraction, self.val_fraction = float(test_fraction), float(val_fraction)
+        self.seed = int(seed)
         self.cs = c_values(**(c_grid or {}))
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
-        presplit = self.root is not None and (self.root / "train").is_dir() and (self.root / "test").is_dir()
-        folders = {"train": self.root / "train", "test": self.root / "test"} if presplit else {"all": self.root}
+        split = self.root is not None and (self.root / "train").is_dir() and (self.root / "test").is_dir()
+        folders = {"train": self.root / "train", "test": self.root / "test"} if split else {"all": self.root}
         self.sets = {
             name: ImageFolderBenchmark(f"probe:{name}", folder, templates=["{}"], limit=limit)
             for name, folder in folders.items()
