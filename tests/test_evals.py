@@ -1,6 +1,8 @@
 """The evals registry: each evaluator against an outside oracle, k-shot with a real accuracy check,
 scheduling in training, and the results layout."""
 
+import tarfile
+
 import numpy as np
 import pytest
 import torch
@@ -74,17 +76,25 @@ def test_retrieval_matches_clip_benchmark_on_the_same_data(tmp_path):
     assert len(evaluator.provenance()["data_version"]) == 16  # the table's own hash
 
 
-def test_retrieval_reads_a_caption_folder(tmp_path):
+def test_retrieval_reads_every_training_source(tmp_path):
+    """The same pairs as a table, a caption folder and webdataset shards give the same recall."""
     from cliplab.data.folder_source import FolderSource
+    from cliplab.data.webdataset_source import WebDatasetSource
 
     table = pairs_table(tmp_path / "pairs", n=8)
+    (tmp_path / "shards").mkdir()
     for line in table.read_text().splitlines()[1:]:
         image, caption = line.split(",", 1)
         (table.parent / image).with_suffix(".txt").write_text(caption)
+        # webdataset layout, the PNG bytes kept (cliplab.data.shards would re-encode them as JPEG)
+        with tarfile.open(tmp_path / "shards" / f"shard-{int(image[:-4]) // 3:02d}.tar", "a") as tar:
+            tar.add(table.parent / image, arcname=f"{int(image[:-4]):04d}.png")
+            tar.add(table.parent / image.replace(".png", ".txt"), arcname=f"{int(image[:-4]):04d}.txt")
     by_table = PairedRetrieval(TableSource(table)).run(PixelModel(), context())
-    by_folder = PairedRetrieval(FolderSource(table.parent)).run(PixelModel(), context())
-    # the same pairs in another order: recall is order-free
-    assert by_folder == pytest.approx(by_table)
+    assert 0 < by_table["text_to_image_R@1"] < 1
+    for source in (FolderSource(table.parent), WebDatasetSource(str(tmp_path / "shards"), shuffle=False)):
+        # the same pairs, maybe in another order: recall does not depend on it
+        assert PairedRetrieval(source).run(PixelModel(), context()) == pytest.approx(by_table), source
 
 
 @pytest.mark.parametrize("separable", [True, False])
