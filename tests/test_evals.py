@@ -116,6 +116,7 @@ def test_every_shipped_entry_builds_an_evaluator(tmp_path):
     from tests.conftest import CONF, compose_config
 
     names = sorted(p.stem for p in (CONF / "evals").glob("*.yaml") if p.stem != "none")
+    (tmp_path / "p.csv").write_text("image,caption\n")
     overrides = [f"evals=[{','.join(names)}]", f"evals.folder.benchmark.root={tmp_path}",
                  f"evals.retrieval.data.path={tmp_path}/p.csv", f"evals.linear_probe.root={tmp_path}",
                  f"evals.kshot.root={tmp_path}"]  # fmt: skip
@@ -125,6 +126,18 @@ def test_every_shipped_entry_builds_an_evaluator(tmp_path):
     assert all(isinstance(e.evaluator, Evaluator) for e in entries)
     assert {e.prefix for e in entries if e.name.startswith("emoji")} == {
         "zeroshot/emoji", "zeroshot/emoji_group", "zeroshot/emoji_novel"}  # fmt: skip
+
+
+def test_missing_data_stops_at_start_up(tmp_path):
+    from cliplab.utils.errors import CliplabError
+
+    for node, message in (
+        ({"_target_": "cliplab.eval.evaluators.probe.LinearProbe", "root": tmp_path / "no"}, "not found"),
+        ({"_target_": "cliplab.eval.evaluators.retrieval.PairedRetrieval", "data": f"{tmp_path}/x.csv"},
+         "retrieval data not found"),
+    ):  # fmt: skip
+        with pytest.raises(CliplabError, match=message):
+            build_entries({"x": node})
 
 
 def test_bad_entries_stop_with_one_line():

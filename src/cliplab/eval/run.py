@@ -184,11 +184,17 @@ def load_model(cfg) -> tuple[nn.Module, object, int, str]:
     raise ConfigError("nothing to evaluate: give ckpt_path=<lightning .ckpt> or open_clip_ckpt=<file>")
 
 
+def world_size_env() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _init_ranks(device: str) -> tuple[int, int]:
     """`(rank, world_size)`; under torchrun (WORLD_SIZE > 1) joins the process group first."""
     import os
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size_env()
     if world == 1:
         return 0, 1
     if not dist.is_initialized():
@@ -216,6 +222,7 @@ def evaluate(cfg) -> dict[str, dict[str, float]]:
     model, tokenizer, image_size, source = load_model(cfg)
     device = cfg.get("device") or "auto"
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    joined = world_size_env() > 1 and not dist.is_initialized()
     rank, world_size = _init_ranks(device)
     if device == "cuda":
         device = f"cuda:{torch.cuda.current_device()}"
@@ -239,4 +246,6 @@ def evaluate(cfg) -> dict[str, dict[str, float]]:
         rows = result_rows(logged, chance, [f"{e.prefix}/" for e in entries])
         json_path = write_results(rows, Path(cfg.output_dir), produced_by)
         print(f"results written to {json_path.parent}")
+    if joined:
+        dist.destroy_process_group()
     return results

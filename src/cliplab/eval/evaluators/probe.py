@@ -50,6 +50,8 @@ class _FolderProbe:
     def __init__(self, root, test_fraction: float = 0.3, val_fraction: float = 0.2, c_grid=None,
                  seed: int = 0, limit: int | None = None, batch_size: int = 256, num_workers: int = 0):  # fmt: skip
         self.root = Path(root) if root else None
+        if self.root is None or not self.root.is_dir():  # at start-up, not after the first epoch
+            raise BenchmarkError(f"probe image folder not found: {root}")
         self.test_fraction, self.val_fraction = float(test_fraction), float(val_fraction)
         self.seed = int(seed)
         self.cs = c_values(**(c_grid or {}))

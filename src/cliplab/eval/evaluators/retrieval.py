@@ -5,6 +5,7 @@ from pathlib import Path
 import torch
 
 from cliplab.data.datamodule import CLIPDataModule
+from cliplab.data.table_source import TABLE_SUFFIXES
 from cliplab.eval.evaluator import EvalContext
 from cliplab.eval.provenance import digest, file_sha256, transform_description
 from cliplab.eval.run import RetrievalAccumulator
@@ -25,6 +26,13 @@ class PairedRetrieval:
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self._sizes: tuple[int, int] | None = None
         self._provenance: dict = {}
+        local = self._describe()
+        a_table = isinstance(self.data, str) and self.data.lower().endswith(TABLE_SUFFIXES)
+        local_file = (
+            a_table or hasattr(self.data, "path") or hasattr(self.data, "root")
+        ) and "://" not in local
+        if local_file and not Path(local).expanduser().exists():  # at start-up, not at the end of training
+            raise DataError(f"retrieval data not found: {local}")
 
     def _loader(self, context: EvalContext):
         module = CLIPDataModule(
