@@ -83,10 +83,11 @@ def test_unreadable_images_are_counted(tmp_path):
     assert got["n_images"] == 9 and got["n_skipped"] == 2
     assert got["top1"] == 1.0 and got["mean_recall"] == 1.0
     sharded = [
-        evaluate_zeroshot(ColourModel(), colour_tokenizer, bench, eval_transform(16), rank=r, world_size=2)
+        evaluate_zeroshot(ColourModel(), colour_tokenizer, bench, eval_transform(16), 4, rank=r, world_size=2)
         for r in range(2)
     ]
-    assert sum(s["n_images"] for s in sharded) == 9  # each rank reads its share (no process group here)
+    # each rank reads its share, whole batches of 4 (no process group here, so no sum)
+    assert sum(s["n_images"] for s in sharded) == 9 and all(s["n_images"] for s in sharded)
 
 
 def test_all_unreadable_is_an_error(tmp_path):

@@ -9,12 +9,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from torch import nn
 
-from cliplab.utils.errors import ConfigError
+from cliplab.utils.errors import CliplabError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,15 @@ def build_entry(name: str, node: Mapping) -> EvalEntry:
         raise ConfigError(
             f"evals.{name}.schedule: unknown keys {sorted(unknown)} (every_n_epochs, every_n_steps, at_end)"
         )
-    evaluator = instantiate(node, _convert_="all")
+    try:
+        evaluator = instantiate(node, _convert_="all")
+    except InstantiationException as err:  # Hydra wraps it: a user error keeps its one line
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, CliplabError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
     if not isinstance(evaluator, Evaluator):
         raise ConfigError(f"evals.{name}: {node['_target_']} has no run / chance_levels / provenance")
     return EvalEntry(name, prefix, Schedule(**schedule), evaluator)
