@@ -97,3 +97,29 @@ def test_every_evaluator_on_two_ranks_equals_one_process(two_ranks):
             assert logged == pytest.approx(value, abs=1e-6), entry.key(key)
     probe = result["metrics"]
     assert 1 / 7 - 0.15 < probe["linear_probe/folder/top1"] < 1 / 7 + 0.35  # noise images: near chance
+
+
+def test_eval_entry_point_on_two_ranks_equals_one(tmp_path):
+    """`torchrun --nproc_per_node 2 src/eval.py ...` writes the rows one process writes."""
+    from hydra import compose, initialize_config_dir
+
+    from cliplab.eval.run import evaluate
+    from tests.evals_fixtures import class_folder
+    from tests.test_eval_cli import CONF, ROOT, _checkpoint
+
+    ckpt = _checkpoint(tmp_path)
+    root = class_folder(tmp_path / "classes", 3, 7, separable=False)
+    table = pairs_table(tmp_path / "pairs", n=9)
+    overrides = [f"ckpt_path={ckpt}", "evals=[retrieval,linear_probe]", f"evals.retrieval.data.path={table}",
+                 f"evals.linear_probe.root={root}", "device=cpu", "num_workers=0"]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run([*cmd, "src/eval.py", *overrides, f"output_dir={tmp_path / 'two'}"], cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        evaluate(compose("eval", overrides=[*overrides, f"output_dir={tmp_path / 'one'}"]))
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert two["rows"] == one["rows"] and len(one["rows"]) == 8
+    assert (one["produced_by"]["world_size"], two["produced_by"]["world_size"]) == (1, 2)
+    assert two["produced_by"]["weights_sha256"] == one["produced_by"]["weights_sha256"]
