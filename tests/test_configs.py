@@ -23,6 +23,8 @@ GROUPS_REQUIRED = {
     "hydra": None,
     "experiment": None,
     "debug": None,
+    "distill": {"none", "clip"},
+    "ema": {"none", "default"},
 }
 
 
@@ -48,6 +50,8 @@ SWAPPABLE = [
     "debug",
     "experiment",
     "evals",
+    "distill",
+    "ema",
 ]
 
 

@@ -69,3 +69,26 @@ def test_end_only_entries_reach_the_loggers(tmp_path):
     trainer.fit(TinyModule(), train_dataloaders=_loader(8))
     assert seen["end"] == [2]
     assert "zeroshot/end/top1" in (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_a_moving_average_is_evaluated_beside_the_live_weights(tmp_path):
+    import pytest
+    import torch
+
+    from cliplab.lit.ema import EmaWeights
+
+    module = TinyModule()
+    module.ema = EmaWeights(module.model, decay=0.5)
+    with torch.no_grad():  # an average that confuses the first two colours
+        module.ema.weights.get_parameter("w").copy_(torch.eye(3)[[1, 0, 2]])
+    made, seen = entries(make_folder(tmp_path), live=Schedule(every_n_epochs=1))
+    callback = EvalsCallback(made, image_size=16)
+    trainer = fit(callback, max_epochs=1)
+    trainer.fit(module, train_dataloaders=_loader(), val_dataloaders=_loader())
+    metrics = trainer.callback_metrics
+    assert float(metrics["zeroshot/live/top1"]) == 1.0
+    assert float(metrics["ema/zeroshot/live/top1"]) == pytest.approx(1 / 3)
+    rows = {row["metric"]: row for row in final_results(trainer, {k: float(v) for k, v in metrics.items()})}
+    assert rows["ema/zeroshot/live/top1"]["chance"] == pytest.approx(1 / 3)
+    torch.testing.assert_close(module.model.w.detach(), torch.eye(3), rtol=0, atol=0)  # live weights back
+    assert seen["live"] == [2, 2]  # live, then averaged

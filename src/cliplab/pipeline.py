@@ -64,6 +64,8 @@ def build_module(cfg: DictConfig) -> CLIPModule:
         compile=cfg.get("compile", False),
         config=resolved,
         accumulation=resolved.get("accumulation"),
+        distill=resolved.get("distill") or None,
+        ema=resolved.get("ema") or None,
     )
 
 
@@ -84,6 +86,16 @@ def load_pretrained(module: CLIPModule, cfg: DictConfig) -> None:
     except (ValueError, KeyError, RuntimeError) as err:  # layout conversion failures: one line
         message = " ".join(str(err).split())
         raise ConfigError(f"pretrained={cfg.pretrained} does not fit this model: {message}") from None
+
+
+def load_distill_teacher(module: CLIPModule, cfg: DictConfig) -> None:
+    """`distill=clip`: the frozen teacher, read and checked against the student before the trainer starts."""
+    from cliplab.checkpoints.teacher import load_teacher
+    from cliplab.lit.teacher import distill_enabled
+
+    if distill_enabled(module.hparams.distill):
+        unsafe = cfg.get("allow_unsafe_pickle", False)
+        module.teacher = load_teacher(module.hparams.distill, module.hparams.model, unsafe)
 
 
 def build_callbacks(cfg: DictConfig) -> list:
@@ -124,6 +136,7 @@ def train(cfg: DictConfig) -> dict:
     ensure_wandb_mode()
     module = build_module(cfg)
     load_pretrained(module, cfg)
+    load_distill_teacher(module, cfg)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False)
 

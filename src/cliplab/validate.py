@@ -214,6 +214,54 @@ def _shards_blocks(cfg: DictConfig) -> bool:
     return "fsdp" in target or "stage_3" in target or stage == 3
 
 
+def _unknown_keys(node, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(node or {}) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]} is not an option; {where} takes {', '.join(sorted(allowed))}"
+        )
+
+
+def check_distill(cfg: DictConfig) -> None:
+    """A teacher that exists, and a training step that runs it (the teacher's fit to the student's inputs is
+    checked when it is loaded, still before the trainer starts: `cliplab.lit.teacher`)."""
+    from pathlib import Path
+
+    distill = cfg.get("distill")
+    if not distill:
+        return
+    _unknown_keys(distill, {"teacher", "weight"}, "distill")
+    _unknown_keys(distill.get("teacher"), {"ckpt_path", "model"}, "distill.teacher")
+    path = (distill.get("teacher") or {}).get("ckpt_path")
+    if not path:
+        return
+    if not Path(str(path)).exists():
+        raise ConfigError(f"distill.teacher.ckpt_path={path} does not exist")
+    weight = distill.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or weight < 0:
+        raise ConfigError(f"distill.weight={weight!r} must be a number >= 0, e.g. distill.weight=1.0")
+    if (cfg.get("accumulation") or {}).get("mode", "none") != "none":
+        raise ConfigError(
+            "distill=clip with accumulation=feature_cache: the chunked step does not run the teacher; "
+            "use accumulation=none"
+        )
+
+
+def check_ema(cfg: DictConfig) -> None:
+    ema = cfg.get("ema")
+    if not ema:
+        return
+    _unknown_keys(ema, {"decay", "warmup"}, "ema")
+    decay = ema.get("decay")
+    if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0 <= decay < 1:
+        raise ConfigError(f"ema.decay={decay!r} must be a number in [0, 1), e.g. ema.decay=0.9999")
+    if "DeepSpeed" in _strategy_target(cfg):
+        raise ConfigError(
+            f"ema=default with trainer={_choice(cfg, 'trainer', '?')}: DeepSpeed's engine partitions and owns "
+            "the weights; use trainer=ddp or trainer=fsdp, or ema=none"
+        )
+
+
 def check_missing(cfg: DictConfig) -> None:
     """A `???` value not given yet: name the key with an example command (before anything reads it)."""
     from cliplab.utils.missing import missing_keys, missing_message
@@ -230,5 +278,7 @@ def validate(cfg: DictConfig) -> None:
     check_towers(cfg)
     check_hub_names(cfg)
     check_loss(cfg)
+    check_distill(cfg)
+    check_ema(cfg)
     check_batch(cfg)
     check_hardware(cfg)

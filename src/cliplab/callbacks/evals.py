@@ -38,7 +38,7 @@ class EvalsCallback(pl.Callback):
         super().__init__()
         self.entries = list(evals) if isinstance(evals, Sequence) else build_entries(evals)
         self.image_size, self.mean, self.std = image_size, mean, std
-        self.results: dict[str, dict[str, float]] = {}  # by entry name: the last metrics
+        self.results: dict[str, dict[str, float]] = {}  # by entry name (ema/<name>): the last metrics
 
     def context(self, trainer, pl_module) -> EvalContext:
         image_size = self.image_size or _model_image_size(pl_module)
@@ -53,17 +53,28 @@ class EvalsCallback(pl.Callback):
         if not entries:
             return {}
         context = self.context(trainer, pl_module)
+        logged = self._run_and_log(trainer, pl_module, entries, context, "", log_now)
+        ema = getattr(
+            pl_module, "ema", None
+        )  # a moving average of the weights (conf/ema/): `ema/<prefix>/...`
+        if ema is not None:
+            with ema.swapped_in(pl_module.model):
+                logged |= self._run_and_log(trainer, pl_module, entries, context, "ema/", log_now)
+        return logged
+
+    def _run_and_log(self, trainer, pl_module, entries, context, tag: str, log_now: bool) -> dict:
         logged = {}
         for entry in entries:
             entry.last_step = trainer.global_step
             metrics = entry.evaluator.run(pl_module.model, context)
-            self.results[entry.name] = metrics
+            self.results[f"{tag}{entry.name}"] = metrics
             for metric, value in metrics.items():
-                logged[entry.key(metric)] = float(value)
+                key = f"{tag}{entry.key(metric)}"
+                logged[key] = float(value)
                 if log_now:
-                    pl_module.log(entry.key(metric), float(value), rank_zero_only=False, sync_dist=False)
+                    pl_module.log(key, float(value), rank_zero_only=False, sync_dist=False)
             if trainer.is_global_zero:
-                log.info("%s: %s", entry.prefix, {k: round(float(v), 4) for k, v in metrics.items()})
+                log.info("%s%s: %s", tag, entry.prefix, {k: round(float(v), 4) for k, v in metrics.items()})
         return logged
 
     def _not_yet(self, trainer, wanted) -> list[EvalEntry]:
@@ -73,7 +84,7 @@ class EvalsCallback(pl.Callback):
         return {e.key(m): level for e in self.entries for m, level in e.evaluator.chance_levels().items()}
 
     def metric_prefixes(self) -> tuple[str, ...]:
-        return tuple(f"{e.prefix}/" for e in self.entries)
+        return tuple(f"{tag}{e.prefix}/" for e in self.entries for tag in ("", "ema/"))
 
     def provenance(self) -> dict[str, dict]:
         """By entry name: what produced its last numbers (entries that have not run yet are left out)."""

@@ -52,15 +52,25 @@ class ZeroShotCallback(pl.Callback):
         self.batch_size, self.num_workers, self.text_batch_size = batch_size, num_workers, text_batch_size
         self.image_size, self.mean, self.std = image_size, mean, std
         self._caches = {name: ClassifierCache() for name in self.benchmarks}
+        self._ema_caches = {name: ClassifierCache() for name in self.benchmarks}  # the averaged weights' own
         self._last_step = None
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, dict[str, float]]:
-        """Run every benchmark now and log its metrics; returns them."""
+        """Run every benchmark now and log its metrics; returns them. With a moving average of the weights
+        (`pl_module.ema`, `conf/ema/`) the benchmarks run again on it, logged as `ema/zeroshot/...`."""
         self._last_step = trainer.global_step
         image_size = self.image_size or _model_image_size(pl_module)
         if image_size is None:
             raise ValueError("ZeroShotCallback needs image_size (none given and none in the model config)")
         transform = eval_transform(image_size, self.mean, self.std)
+        results = self._run_benchmarks(trainer, pl_module, transform, "", self._caches)
+        ema = getattr(pl_module, "ema", None)
+        if ema is not None:
+            with ema.swapped_in(pl_module.model):
+                results.update(self._run_benchmarks(trainer, pl_module, transform, "ema/", self._ema_caches))
+        return results
+
+    def _run_benchmarks(self, trainer, pl_module, transform, prefix: str, caches: dict) -> dict:
         results = {}
         for name, benchmark in self.benchmarks.items():
             metrics = evaluate_zeroshot(
@@ -72,14 +82,16 @@ class ZeroShotCallback(pl.Callback):
                 num_workers=self.num_workers,
                 rank=trainer.global_rank,
                 world_size=trainer.world_size,
-                cache=self._caches[name],
+                cache=caches[name],
                 text_batch_size=self.text_batch_size,
             )
             for key in LOGGED:  # values are already equal on every rank: no sync needed
-                pl_module.log(f"zeroshot/{name}/{key}", metrics[key], rank_zero_only=False, sync_dist=False)
+                pl_module.log(
+                    f"{prefix}zeroshot/{name}/{key}", metrics[key], rank_zero_only=False, sync_dist=False
+                )
             if trainer.is_global_zero:
-                log.info("zero-shot %s: %s", name, {k: round(metrics[k], 4) for k in LOGGED})
-            results[name] = metrics
+                log.info("zero-shot %s%s: %s", prefix, name, {k: round(metrics[k], 4) for k in LOGGED})
+            results[f"{prefix}{name}"] = metrics
         return results
 
     def chance_levels(self) -> dict[str, float]:

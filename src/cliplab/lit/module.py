@@ -8,11 +8,15 @@ import torch
 from hydra.utils import instantiate
 
 from cliplab.lit import rng_state
+from cliplab.lit.ema import EmaWeights, ema_enabled
 from cliplab.lit.loader_resume import restore_loader_position
 from cliplab.lit.param_groups import param_groups
+from cliplab.lit.teacher import Teacher, distill_enabled
+from cliplab.losses.distill_loss import DistillLoss
 from cliplab.losses.gather import gather_rows, local_only
 from cliplab.losses.grad_cache import FeatureCache, feature_cache_chunk
 from cliplab.models.clip import MAX_LOGIT_SCALE
+from cliplab.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,9 @@ class CLIPModule(pl.LightningModule):
     `accumulation` (`conf/accumulation/`) is how a step reaches its batch: `{mode: none}` (one forward and
     backward) or `{mode: feature_cache, chunk_size: N}` (GradCache: the towers run N samples at a time, the
     loss sees the whole batch, gradients equal to one big-batch backward), for any contrastive loss.
+    `distill` (`conf/distill/`): `{teacher: {ckpt_path, model}, weight}` adds `weight` x the logit distillation
+    loss from a frozen teacher (`cliplab.lit.teacher`); `ema` (`conf/ema/`): `{decay, warmup}` keeps an
+    exponential moving average of the weights (`cliplab.lit.ema`) in `self.ema`, part of the state dict.
     """
 
     def __init__(
@@ -37,6 +44,8 @@ class CLIPModule(pl.LightningModule):
         compile: bool = False,
         config: dict | None = None,
         accumulation: dict | None = None,
+        distill: dict | None = None,
+        ema: dict | None = None,
     ):
         super().__init__()
         if str(loss.get("_target_", "")).endswith("FeatureCacheLoss"):  # a checkpoint of loss=clip_gradcache
@@ -63,6 +72,11 @@ class CLIPModule(pl.LightningModule):
         # keeps the rest of the step (zero_grad, clipping, optimizer_step and its hooks, the scheduler).
         self.feature_cache_chunk = feature_cache_chunk(accumulation)
         self._feature_cache: FeatureCache | None = None  # from training_step to backward
+        self.distill_weight = float((distill or {}).get("weight", 1.0))
+        self.distill_loss = DistillLoss() if distill_enabled(distill) else None
+        # set by whoever fits (the pipeline: cliplab.checkpoints.teacher.load_teacher), never saved
+        self.teacher: Teacher | None = None
+        self.ema: EmaWeights | None = None  # built in configure_model, beside the (possibly sharded) model
 
     def configure_model(self) -> None:
         # Idempotent: called by fit, by load_from_checkpoint, by sharded strategies, and by the pipeline
@@ -76,6 +90,9 @@ class CLIPModule(pl.LightningModule):
             options = getattr(getattr(self._trainer, "strategy", None), "fsdp_kwargs", {})
             shard_model(self.model, self.device_mesh, **options)
             self._sharded = True
+        if ema_enabled(self.hparams.get("ema")) and self.ema is None:
+            # after sharding: the average holds DTensors sharded as the live parameters
+            self.ema = EmaWeights(self.model, **self.hparams.ema)
         if self._uses_deepspeed():
             # ZeRO flattens parameters into contiguous buffers (and views them flat): NHWC weights of
             # channels_last towers go back to NCHW; the towers' inputs stay NHWC.
@@ -85,6 +102,14 @@ class CLIPModule(pl.LightningModule):
             for tower in (self.model.visual, self.model.text):
                 tower.compile()
             self._compiled = True
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.distill_loss is not None and self.teacher is None:
+            raise ConfigError(
+                "CLIPModule(distill=...) fits with a teacher: set module.teacher = "
+                "cliplab.checkpoints.teacher.load_teacher(module.hparams.distill, module.hparams.model) first "
+                "(the pipeline does it at start-up)"
+            )
 
     def _uses_deepspeed(self) -> bool:
         return "DeepSpeed" in type(getattr(self._trainer, "strategy", None)).__name__
@@ -133,6 +158,8 @@ class CLIPModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         restore_loader_position(self.trainer)  # a resumed run continues mid-epoch where it stopped
+        if self.ema is not None:
+            self.ema.forget_count()  # a restored checkpoint brought its own update count
         saved, self._rng_states_to_restore = self._rng_states_to_restore, None
         if saved is not None and not rng_state.restore(saved):
             log.warning("the checkpoint holds the random states of another world size: not restored")
@@ -158,6 +185,19 @@ class CLIPModule(pl.LightningModule):
         loss = self.loss_fn(
             out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"]
         )
+        if self.teacher is not None:
+            teacher = self.teacher(images, tokens)
+            distill = self.distill_loss(
+                out["image_features"],
+                out["text_features"],
+                out["logit_scale"],
+                teacher["image_features"],
+                teacher["text_features"],
+                teacher["logit_scale"],
+            )
+            self.log("train/contrastive_loss", loss.detach())
+            self.log("train/distill_loss", distill.detach())
+            loss = loss + self.distill_weight * distill
         return loss, out
 
     def _feature_cache_loss(self, batch) -> tuple[torch.Tensor, dict]:
@@ -223,6 +263,8 @@ class CLIPModule(pl.LightningModule):
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         self._clamp_logit_scale()
+        if self.ema is not None:  # every optimizer step, after the clamp: the average of what trains
+            self.ema.update(self.model)
 
     def _clamp_logit_scale(self) -> None:
         # The one place the temperature is clamped: at most 100, as in the CLIP paper.

@@ -9,8 +9,9 @@ import pytorch_lightning as pl
 
 from cliplab.eval import report
 
-# the validation-pass retrieval (callbacks.retrieval) and zero-shot; EvalsCallback adds its entries' prefixes
-EVAL_PREFIXES = ("zeroshot/", "retrieval/")
+# the validation-pass retrieval (callbacks.retrieval) and zero-shot, and ema/: the same metrics for the
+# averaged weights; EvalsCallback adds its entries' prefixes
+EVAL_PREFIXES = ("zeroshot/", "retrieval/", "ema/")
 
 
 def final_results(trainer: pl.Trainer, metrics: dict[str, float]) -> list[dict]:
@@ -22,6 +23,7 @@ def final_results(trainer: pl.Trainer, metrics: dict[str, float]) -> list[dict]:
             chance.update(callback.chance_levels())
         if hasattr(callback, "metric_prefixes"):
             prefixes.update(callback.metric_prefixes())
+    chance.update({f"ema/{name}": level for name, level in chance.items()})  # guessing is guessing
     return report.result_rows(metrics, chance, sorted(prefixes))
 
 

@@ -1,0 +1,74 @@
+"""EMA and distillation compose with DDP and FSDP2 (two CPU processes, gloo, `tests/_mp_ema_script.py`):
+the average is equal on every rank (DDP) and, gathered from its shards (FSDP2), equals the average of the
+same sequence of live weights computed in one process; it is saved and resumed exactly; the teacher stays
+frozen and out of the checkpoint."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_distill import _save_cliplab_teacher, _teacher_model_cfg
+from tests.test_ema import _reference
+
+SCRIPT = Path(__file__).with_name("_mp_ema_script.py")
+
+
+@pytest.fixture(scope="module", params=["ddp", "fsdp"])
+def ranks(request, tmp_path_factory) -> tuple[str, list[dict]]:
+    out = tmp_path_factory.mktemp(f"ema_{request.param}")
+    teacher = out / "teacher.ckpt"
+    _save_cliplab_teacher(teacher, _teacher_model_cfg())
+    # the script imports the tiny model and data of tests/_mp_train_script.py: the repository root on the path
+    path = os.pathsep.join(filter(None, [str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*cmd, str(SCRIPT), request.param, str(out), str(teacher)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return request.param, [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
+def test_average_equals_one_process_reference(ranks):
+    _, results = ranks
+    first = results[0]
+    assert len(first["live"]) == 6 and first["num_updates"] == 6  # 3 steps per epoch, two epochs
+    expected = _reference(first["live"], 0.9, warmup=True)
+    for result in results:  # every rank gathers the same average, the one-process average of the sequence
+        assert result["final"].keys() == expected.keys()
+        for key, value in expected.items():
+            torch.testing.assert_close(result["final"][key], value, rtol=1e-6, atol=1e-7)
+
+
+def test_ranks_hold_their_copy(ranks):
+    strategy, (rank0, rank1) = ranks
+    for key, full in rank0["final"].items():
+        own0, own1 = rank0["own"][key], rank1["own"][key]
+        if strategy == "ddp" or full.ndim == 0:  # DDP, and FSDP2's replicated scalars: the whole tensor
+            torch.testing.assert_close(own0, own1, rtol=0, atol=0)
+            torch.testing.assert_close(own0, full, rtol=0, atol=0)
+        else:  # FSDP2: each rank holds its dim-0 shard of the average, as of the live weights
+            assert own0.shape[0] == -(-full.shape[0] // 2), key
+            torch.testing.assert_close(torch.cat([own0, own1]), full, rtol=0, atol=0)
+
+
+def test_saved_and_resumed_exactly(ranks):
+    _, results = ranks
+    for result in results:
+        for key, value in result["saved"].items():
+            torch.testing.assert_close(result["at_start"][key], value, rtol=0, atol=0)
+
+
+def test_teacher_frozen_and_not_saved(ranks):
+    _, results = ranks
+    for result in results:
+        assert result["teacher_unchanged"] and not result["teacher_in_state_dict"]
+        assert len(result["distill"]) == 6 and all(v > 0 for v in result["distill"])
