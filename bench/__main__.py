@@ -1,7 +1,8 @@
 """`python -m bench [names...] [--quick] [--reps N] [--device auto|cpu|cuda] [--levers [NAMES]]` (`make bench ARGS=...`).
 
 Runs the selected benchmarks side by side with open_clip and writes bench/results/latest.{md,json}.
-Names: train_step, end_to_end, memory, loss, data, zeroshot; every one gives rows of the same table.
+Names: train_step, end_to_end, memory, loss, data, zeroshot, patch_dropout; every one gives rows of
+the same table.
 Default: all of them. `learning` (learning parity: loss curves and held-out accuracy of both sides over a
 300-step run, bench/bench_learning.py) writes a report of its own and runs only when named.
 """
@@ -16,7 +17,7 @@ import torch
 from bench import harness
 from bench.bench_train_step import LEVERS
 
-ROWS = ("train_step", "end_to_end", "memory", "loss", "data", "zeroshot")
+ROWS = ("train_step", "end_to_end", "memory", "loss", "data", "zeroshot", "patch_dropout")
 REPORTS = ("learning",)  # not rows of the speed table: a report of its own, run only when named
 SHARED_NOTE = (
     "Timings depend on the machine being otherwise idle; a shared machine makes them noisy "

@@ -68,7 +68,11 @@ def openclip_config(model_cfg: dict) -> dict:
     from cliplab.models.interop.openclip_export import openclip_model_cfg
 
     with torch.device("meta"):
-        return openclip_model_cfg(build_clip(model_cfg))
+        cfg = openclip_model_cfg(build_clip(model_cfg))
+    rate = model_cfg["image_tower"].get("patch_dropout")
+    if rate:  # FLIP (bench_patch_dropout): open_clip's own patch dropout, set in its vision config
+        cfg["vision_cfg"]["patch_dropout"] = rate
+    return cfg
 
 
 def write_reference_state(model_cfg: dict, path: str, seed: int = 0) -> str:

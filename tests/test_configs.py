@@ -50,6 +50,7 @@ SWAPPABLE = [
     "debug",
     "experiment",
     "evals",
+    "lock",
     "distill",
     "ema",
 ]

@@ -176,6 +176,54 @@ def check_towers(cfg: DictConfig) -> None:
             f"model.image_tower.channels_last=true applies to convolutional towers; "
             f"{image.get('model_name')} is a ViT: set it to false"
         )
+    check_patch_dropout(image)
+
+
+def check_patch_dropout(image: DictConfig | dict) -> None:
+    """FLIP patch dropout: a share in [0, 1) of the patch tokens, for timm ViT towers only."""
+    rate = image.get("patch_dropout", 0.0)
+    key = "model.image_tower.patch_dropout"
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
+        raise ConfigError(f"{key}={rate!r} must be a number in [0, 1), e.g. {key}=0.5 (half the patches)")
+    model_name = image.get("model_name")
+    if rate and not _is_timm_vit(model_name):
+        raise ConfigError(
+            f"{key}={rate} drops patch tokens, which only ViT towers have; {model_name} is not a ViT: set it to 0"
+        )
+
+
+def check_locks(cfg: DictConfig) -> None:
+    """`model.lock_image` / `model.lock_text` (LiT): known options, and no more unlocked groups than the tower
+    has (counted on the meta device: no weights, no memory)."""
+    from cliplab.models import locking
+
+    keys = (
+        ("lock_image", "image_tower", "unlocked_groups", locking.IMAGE_OPTIONS),
+        ("lock_text", "text_tower", "unlocked_layers", locking.TEXT_OPTIONS),
+    )
+    for lock_key, tower_key, count_key, defaults in keys:
+        options = locking.lock_options(cfg.model.get(lock_key), f"model.{lock_key}", defaults)
+        if options is None:
+            continue
+        tower = _meta_tower(cfg.model.get(tower_key))
+        if tower is not None:
+            locking.check_unlocked_count(tower, options[count_key], f"model.{lock_key}.{count_key}")
+
+
+def _meta_tower(node):
+    """The tower built on the meta device without weights, or None when that is not possible here (a tower
+    that loads files, e.g. Hugging Face; an unknown name): the model's constructor checks it then."""
+    from hydra.utils import instantiate
+
+    target = str((node or {}).get("_target_", ""))
+    if not target.endswith(("TimmImageTower", "CLIPTextTower")):
+        return None
+    overrides = {"pretrained": False, "checkpoint_path": None} if "Timm" in target else {"tokenizer": None}
+    try:
+        with torch.device("meta"):
+            return instantiate(node, **overrides, _convert_="object")
+    except Exception:  # a bad tower option: the tower's own error names it when the model is built
+        return None
 
 
 def check_hub_names(cfg: DictConfig) -> None:
@@ -276,6 +324,7 @@ def validate(cfg: DictConfig) -> None:
     check_missing(cfg)
     check_types(cfg)
     check_towers(cfg)
+    check_locks(cfg)
     check_hub_names(cfg)
     check_loss(cfg)
     check_distill(cfg)

@@ -92,7 +92,11 @@ class FeatureCache:
                 self.model.encode_image(image_chunk, normalize=True),
                 self.model.encode_text(token_chunk, normalize=True),
             )
-            torch.autograd.backward(features, (image_grad, text_grad))
+            # A locked tower (LiT) gives features without a graph: re-run still (its RNG draws, e.g. patch
+            # dropout, keep the other tower's masks as in the first pass), nothing to back-propagate.
+            pairs = [(f, g) for f, g in zip(features, (image_grad, text_grad)) if f.requires_grad]
+            if pairs:
+                torch.autograd.backward(*zip(*pairs))
         _set_rng_state(self.end_state, self.device)  # the generator as if the batch had been embedded once
 
 

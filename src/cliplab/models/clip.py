@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cliplab.models.locking import lock_model
 from cliplab.utils.precision import at_least_fp32
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -16,6 +17,8 @@ class CLIP(nn.Module):
 
     `logit_scale` is stored in log space (init ln(1/0.07)) and clamped to [0, ln 100] by the training
     module after every optimizer step. `logit_bias` exists only for sigmoid (SigLIP) losses.
+    `lock_image` (`{unlocked_groups, freeze_bn_stats}`) / `lock_text` (`{unlocked_layers, freeze_layer_norm}`)
+    lock a tower as in LiT (null: it trains; see `cliplab.models.locking`).
     """
 
     def __init__(
@@ -27,6 +30,8 @@ class CLIP(nn.Module):
         init_logit_bias: float | None = None,
         image_size: int | None = None,
         context_length: int | None = None,
+        lock_image: dict | None = None,
+        lock_text: dict | None = None,
     ):
         super().__init__()
         for name, tower in (("image", image_tower), ("text", text_tower)):
@@ -43,6 +48,8 @@ class CLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
         bias = None if init_logit_bias is None else nn.Parameter(torch.tensor(float(init_logit_bias)))
         self.logit_bias = bias
+        # LiT (cliplab.models.locking): applied at build time, so a resumed or reloaded model is locked too
+        lock_model(self, lock_image, lock_text)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         features = self.visual(images)

@@ -15,11 +15,11 @@ from typing import Literal, NamedTuple
 import timm
 import torch
 from timm.layers import AttentionPool2d, Mlp
-from timm.models import group_parameters
 from timm.models._registry import model_entrypoint
 from torch import nn
 
 from cliplab.models.layers import QuickGELU
+from cliplab.models.locking import image_groups, lock_tower
 from cliplab.models.recompute import use_chunked_checkpointing, use_selective_recompute
 
 log = logging.getLogger(__name__)
@@ -267,32 +267,16 @@ class TimmImageTower(nn.Module):
     # ---- the tower contract -------------------------------------------------------------------------
 
     def param_groups(self) -> list[list[str]]:
-        """Parameter names in order from input to output; timm's coarse groups, head in the last one."""
-        groups = group_parameters(self.trunk, self.trunk.group_matcher(coarse=True))
-        ordered = [[f"trunk.{n}" for n in names] for _, names in sorted(groups.items())]
-        ordered[-1].extend(f"head.{n}" for n, _ in self.head.named_parameters())
-        return ordered
+        """Parameter names in lock groups from input to output, as open_clip groups them (`cliplab.models.locking`)."""
+        return image_groups(self)
 
     def lock(self, unlocked_groups: int = 0, freeze_norm_stats: bool = False) -> None:
-        """Freeze the tower (LiT) except its last `unlocked_groups` parameter groups.
+        """Freeze the tower (LiT) except its last `unlocked_groups` groups (`cliplab.models.locking`).
 
         `freeze_norm_stats` also keeps the batch-norm layers of the frozen part in eval mode (their running
         statistics stop updating) without changing the state-dict layout.
         """
-        groups = self.param_groups()
-        frozen = groups[: max(len(groups) - unlocked_groups, 0)]
-        frozen_names = {n for g in frozen for n in g}
-        for name, param in self.named_parameters():
-            if name in frozen_names:
-                param.requires_grad_(False)
-        if freeze_norm_stats:
-            prefixes = tuple(n.rsplit(".", 1)[0] + "." for n in frozen_names)
-            self._frozen_norms = [
-                m
-                for n, m in self.named_modules()
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and (n + ".").startswith(prefixes)
-            ]
-            self.train(self.training)
+        lock_tower(self, unlocked_groups, freeze_norm_stats=freeze_norm_stats)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -89,21 +89,14 @@ class CLIPTextTower(nn.Module):
     # ---- tower contract (docs/contracts.md) ----
 
     def lock(self, unlocked_groups: int = 0, freeze_norm_stats: bool = False) -> None:
-        """Freeze all but the last `unlocked_groups` groups: embeddings, each block, final LN + projection.
+        """Freeze all but the last `unlocked_groups` of open_clip's text groups (`cliplab.models.locking`):
+        embeddings, each block, the last block with the final LayerNorm, the projection.
 
         `freeze_norm_stats` is accepted for the common contract; LayerNorm keeps no running statistics.
         """
-        groups = [
-            [self.token_embedding, self.positional_embedding],
-            *[[block] for block in self.transformer.resblocks],
-            [self.ln_final, self.text_projection],
-        ]
-        for index, group in enumerate(groups):
-            trainable = index >= len(groups) - unlocked_groups if unlocked_groups > 0 else False
-            for item in group:
-                params = [item] if isinstance(item, nn.Parameter) else item.parameters()
-                for param in params:
-                    param.requires_grad_(trainable)
+        from cliplab.models.locking import lock_tower
+
+        lock_tower(self, unlocked_groups)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.transformer.grad_checkpointing = enable
