@@ -209,7 +209,7 @@ def held_out_zeroshot(weights: str, layout: str, model_name: str, seed: int) -> 
         load_openclip_state_dict(module.model, state)
     else:
         module.model.load_state_dict(state)
-    benchmark = instantiate(cfg.zeroshot.emoji)
+    benchmark = instantiate(cfg.evals.emoji.benchmark)
     transform = T.eval_transform(model_cfg["image_size"])
     return evaluate_zeroshot(module.model, module.tokenizer, benchmark, transform)
 

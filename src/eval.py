@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint: `python src/eval.py ckpt_path=last.ckpt zeroshot=[emoji,fashion_mnist]`."""
+"""Evaluate a checkpoint: `python src/eval.py ckpt_path=last.ckpt evals=[emoji,fashion_mnist]` (conf/eval.yaml)."""
 
 import hydra
 from omegaconf import DictConfig

@@ -1,10 +1,11 @@
 """Runs the evaluation callbacks under 2-process DDP (gloo, CPU); run it under torchrun.
 
-`python -m torch.distributed.run --nproc_per_node 2 tests/_mp_eval_script.py <benchmark_dir> <out_dir>`
+`python -m torch.distributed.run --nproc_per_node 2 tests/_mp_eval_script.py <benchmark_dir> <out_dir>
+<pairs.csv>`
 
 A frozen random tiny CLIP (built from `eval_model()`, the same weights in every process and in the test) is
-fitted for one epoch with learning rate 0, so the ZeroShotCallback and RetrievalCallback run on both ranks,
-each on its share of the images. Rank 0 writes `<out_dir>/result.json` with the logged metrics and both
+fitted for one epoch with learning rate 0, so the EvalsCallback (every evaluator kind: `eval_entries()`) and
+the validation RetrievalCallback run on both ranks, each on its share of the images. Rank 0 writes `<out_dir>/result.json` with the logged metrics and both
 ranks' numbers of evaluated retrieval images, so the test can compare with a one-process evaluation.
 """
 
@@ -17,9 +18,14 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from cliplab.callbacks.evals import EvalsCallback
 from cliplab.callbacks.retrieval import RetrievalCallback
-from cliplab.callbacks.zeroshot import ZeroShotCallback
+from cliplab.data.table_source import TableSource
 from cliplab.eval.benchmarks import ImageFolderBenchmark
+from cliplab.eval.evaluator import EvalEntry, Schedule
+from cliplab.eval.evaluators.probe import KShotProbe, LinearProbe
+from cliplab.eval.evaluators.retrieval import PairedRetrieval
+from cliplab.eval.evaluators.zeroshot import ZeroShotClassification
 
 IMAGE_SIZE, CONTEXT, VOCAB, EMBED = 32, 16, 1000, 32
 RETRIEVAL_PAIRS = 23  # odd, and not a multiple of the batch: the ranks get different numbers of pairs
@@ -66,6 +72,19 @@ def tokenizer(prompts: list[str]) -> torch.Tensor:
     return out
 
 
+def eval_entries(bench_dir: Path, pairs_csv: Path) -> list[EvalEntry]:
+    """One entry of each evaluator kind, on the test's noise folder and pairs table, at every epoch."""
+    every_epoch = Schedule(every_n_epochs=1)
+    grid = {"low": -1, "high": 1, "steps": 3}
+    evaluators = {
+        "zeroshot/folder": ZeroShotClassification(ImageFolderBenchmark("folder", bench_dir, TEMPLATES), 4),
+        "retrieval/pairs": PairedRetrieval(TableSource(pairs_csv), batch_size=3),
+        "linear_probe/folder": LinearProbe(bench_dir, c_grid=grid, batch_size=4),
+        "kshot/folder": KShotProbe(bench_dir, shots=(1, 2), seeds=2, c_grid=grid, batch_size=4),
+    }
+    return [EvalEntry(p.split("/")[0], p, every_epoch, e) for p, e in evaluators.items()]
+
+
 def retrieval_pairs() -> TensorDataset:
     g = torch.Generator().manual_seed(1)
     images = torch.randn(RETRIEVAL_PAIRS, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
@@ -104,10 +123,9 @@ class SplitData(pl.LightningDataModule):
 
 
 def main() -> None:
-    bench_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
+    bench_dir, out, pairs_csv = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     torch.set_num_threads(1)
-    benchmark = ImageFolderBenchmark("folder", bench_dir, TEMPLATES)
-    zeroshot = ZeroShotCallback({"folder": benchmark}, batch_size=4)
+    evals = EvalsCallback(eval_entries(bench_dir, pairs_csv))
     retrieval = RetrievalCallback("val")
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -120,7 +138,7 @@ def main() -> None:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # SplitData gives each rank its own slice
-        callbacks=[zeroshot, retrieval],
+        callbacks=[evals, retrieval],
     )
     trainer.fit(Frozen(), datamodule=SplitData())
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -1,5 +1,7 @@
 """Benchmarks' bad-input handling, the evaluation loop, and `src/eval.py` on a saved checkpoint."""
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +13,12 @@ from PIL import Image
 
 from cliplab.data.transforms import eval_transform
 from cliplab.eval.benchmarks import BenchmarkError, ImageFolderBenchmark, asset_path, imagenet, read_idx
-from cliplab.eval.report import markdown_table
+from cliplab.eval.report import results_markdown
 from cliplab.eval.run import evaluate, evaluate_zeroshot
+from cliplab.utils.errors import exit_on_user_error
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
 
 
@@ -79,10 +83,11 @@ def test_unreadable_images_are_counted(tmp_path):
     assert got["n_images"] == 9 and got["n_skipped"] == 2
     assert got["top1"] == 1.0 and got["mean_recall"] == 1.0
     sharded = [
-        evaluate_zeroshot(ColourModel(), colour_tokenizer, bench, eval_transform(16), rank=r, world_size=2)
+        evaluate_zeroshot(ColourModel(), colour_tokenizer, bench, eval_transform(16), 4, rank=r, world_size=2)
         for r in range(2)
     ]
-    assert sum(s["n_images"] for s in sharded) == 9  # each rank reads its share (no process group here)
+    # each rank reads its share, whole batches of 4 (no process group here, so no sum)
+    assert sum(s["n_images"] for s in sharded) == 9 and all(s["n_images"] for s in sharded)
 
 
 def test_all_unreadable_is_an_error(tmp_path):
@@ -104,9 +109,11 @@ def test_read_idx(tmp_path):
     assert np.array_equal(read_idx(tmp_path / "x.gz"), data)
 
 
-def test_markdown_table():
-    table = markdown_table({"a": {"top1": 0.5, "n_images": 10}, "b": {"top1": float("nan")}})
-    assert "| a | 50.00 | 10 |" in table and "| b | n/a |  |" in table
+def test_results_table():
+    rows = [{"metric": "zeroshot/a/top1", "value": 0.5, "chance": 0.1},
+            {"metric": "zeroshot/b/top1", "value": float("nan"), "chance": None}]  # fmt: skip
+    table = results_markdown(rows)
+    assert "| zeroshot/a/top1 | 0.5000 | 0.1000 |" in table and "| zeroshot/b/top1 | n/a |  |" in table
 
 
 def _checkpoint(tmp_path) -> Path:
@@ -131,19 +138,77 @@ def _checkpoint(tmp_path) -> Path:
     return path
 
 
-def test_eval_entry_point_writes_results(tmp_path):
-    ckpt = _checkpoint(tmp_path)
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return _checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+def test_eval_entry_point_writes_results(tmp_path, tiny_ckpt):
+    ckpt = tiny_ckpt
     root = make_folder(tmp_path / "colours", broken=1)
-    overrides = [f"ckpt_path={ckpt}", "zeroshot=[folder]", f"zeroshot.folder.root={root}",
+    overrides = [f"ckpt_path={ckpt}", "evals=[folder]", f"evals.folder.benchmark.root={root}",
                  f"output_dir={tmp_path / 'out'}", "num_workers=0", "device=cpu"]  # fmt: skip
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("eval", overrides=overrides)
     results = evaluate(cfg)
-    assert set(results) == {"folder"}
-    assert results["folder"]["n_images"] == 9 and results["folder"]["n_skipped"] == 1
+    assert set(results) == {"folder"} and set(results["folder"]) == {"top1", "top5", "mean_recall"}
     assert 0.0 <= results["folder"]["top1"] <= 1.0
-    assert (tmp_path / "out" / "results.json").is_file()
-    assert "| folder |" in (tmp_path / "out" / "results.md").read_text()
+    layout = json.loads((tmp_path / "out" / "results.json").read_text())
+    record = layout["produced_by"]["evals"]["folder"]
+    assert (
+        record["n_images"] == 9 and record["n_skipped"] == 1 and record["templates"] == ["a photo of a {}."]
+    )
+    assert layout["produced_by"]["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert "ClipImageTransform" in record["preprocessing"] and record["data_version"]
+    rows = {row["metric"]: row for row in layout["rows"]}
+    assert rows["zeroshot/folder/top1"]["chance"] == pytest.approx(1 / 3)
+    assert "| zeroshot/folder/top1 |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def run_eval_cli(*overrides: str) -> dict:
+    """`python src/eval.py <overrides>`, composed and run in this process (the entry point only calls
+    `exit_on_user_error(evaluate, cfg)`); returns results.json."""
+    out = next(o.split("=", 1)[1] for o in overrides if o.startswith("output_dir="))
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("eval", overrides=list(overrides))
+    exit_on_user_error(evaluate, cfg)
+    return json.loads((Path(out) / "results.json").read_text())
+
+
+def test_eval_cli_retrieval_on_a_pairs_table(tmp_path, tiny_ckpt):
+    from tests.evals_fixtures import pairs_table
+
+    ckpt, table = tiny_ckpt, pairs_table(tmp_path / "pairs", n=10)
+    layout = run_eval_cli(f"ckpt_path={ckpt}", "evals=[retrieval]", f"evals.retrieval.data.path={table}",
+                          f"output_dir={tmp_path / 'out'}", "device=cpu")  # fmt: skip
+    rows = {row["metric"]: row for row in layout["rows"]}
+    assert set(rows) == {f"retrieval/pairs/{d}_R@{k}" for d in ("image_to_text", "text_to_image")
+                         for k in (1, 5, 10)}  # fmt: skip
+    assert rows["retrieval/pairs/text_to_image_R@10"]["value"] == 1.0  # 10 pairs: everything is in the top 10
+    assert rows["retrieval/pairs/text_to_image_R@1"]["chance"] == pytest.approx(0.1)
+    assert layout["produced_by"]["evals"]["retrieval"]["images"] == 10
+
+
+def test_eval_cli_linear_probe_on_a_folder(tmp_path, tiny_ckpt):
+    from tests.evals_fixtures import class_folder
+
+    ckpt, root = tiny_ckpt, class_folder(tmp_path / "classes", 3, 8, separable=True)
+    layout = run_eval_cli(f"ckpt_path={ckpt}", "evals=[linear_probe]", f"evals.linear_probe.root={root}",
+                          f"output_dir={tmp_path / 'out'}", "device=cpu")  # fmt: skip
+    rows = {row["metric"]: row for row in layout["rows"]}
+    assert set(rows) == {"linear_probe/folder/top1", "linear_probe/folder/mean_recall"}
+    assert 0.0 <= rows["linear_probe/folder/top1"]["value"] <= 1.0
+    assert rows["linear_probe/folder/top1"]["chance"] == pytest.approx(1 / 3)
+    record = layout["produced_by"]["evals"]["linear_probe"]
+    assert record["train_images"] + record["test_images"] == 24 and record["best_C"] in record["C_grid"]
+
+
+def test_eval_cli_missing_data_is_one_line(tmp_path, tiny_ckpt, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        run_eval_cli(f"ckpt_path={tiny_ckpt}", "evals=[retrieval]", f"output_dir={tmp_path}")
+    assert exit_status.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and line.startswith("error: evals.retrieval.data.path is required: python src/")
 
 
 def test_eval_without_model_is_a_clear_error():

@@ -1,7 +1,9 @@
 """The evaluation callbacks on two ranks (DDP, gloo, CPU) log exactly what one process computes.
 
 Each rank evaluates its share of the zero-shot images (the counts differ between ranks, and one image is
-unreadable) and of the retrieval pairs (12 and 11); the metrics are summed or gathered across ranks.
+unreadable), of the validation retrieval pairs (12 and 11), of a pairs table and of the probes' images;
+the metrics are summed or gathered across ranks. Every evals evaluator kind gives the same numbers on 1
+and 2 ranks.
 """
 
 import json
@@ -17,8 +19,10 @@ from PIL import Image
 
 from cliplab.data.transforms import eval_transform
 from cliplab.eval.benchmarks import ImageFolderBenchmark
+from cliplab.eval.evaluator import EvalContext
 from cliplab.eval.run import evaluate_retrieval, evaluate_zeroshot
 from tests import _mp_eval_script as script
+from tests.evals_fixtures import pairs_table
 
 SCRIPT = Path(script.__file__)
 CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
@@ -41,21 +45,22 @@ def noise_folder(root: Path) -> Path:
 def two_ranks(tmp_path_factory):
     root = tmp_path_factory.mktemp("mp_eval")
     bench_dir = noise_folder(root / "bench")
+    pairs_csv = pairs_table(root / "pairs", n=11)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     proc = subprocess.run(
-        [*cmd, str(SCRIPT), str(bench_dir), str(root / "out")],
+        [*cmd, str(SCRIPT), str(bench_dir), str(root / "out"), str(pairs_csv)],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return bench_dir, json.loads((root / "out" / "result.json").read_text())
+    return bench_dir, json.loads((root / "out" / "result.json").read_text()), pairs_csv
 
 
 def test_zeroshot_callback_on_two_ranks_equals_one_process(two_ranks):
-    bench_dir, result = two_ranks
+    bench_dir, result, _ = two_ranks
     benchmark = ImageFolderBenchmark("folder", bench_dir, script.TEMPLATES)
     single = evaluate_zeroshot(
         script.eval_model(), script.tokenizer, benchmark, eval_transform(script.IMAGE_SIZE), batch_size=4
@@ -69,7 +74,7 @@ def test_zeroshot_callback_on_two_ranks_equals_one_process(two_ranks):
 
 
 def test_retrieval_callback_on_two_ranks_equals_one_process(two_ranks):
-    _, result = two_ranks
+    _, result, _ = two_ranks
     pairs = script.retrieval_pairs()
     batches = [pairs[i : i + 5] for i in range(0, len(pairs), 5)]
     with torch.no_grad():
@@ -78,3 +83,43 @@ def test_retrieval_callback_on_two_ranks_equals_one_process(two_ranks):
     assert 0.0 < single["image_to_text_R@5"] < 1.0
     for key, value in single.items():
         assert result["metrics"][f"retrieval/val/{key}"] == pytest.approx(value, abs=1e-6), key
+
+
+def test_every_evaluator_on_two_ranks_equals_one_process(two_ranks):
+    bench_dir, result, pairs_csv = two_ranks
+    context = EvalContext(script.tokenizer, eval_transform(script.IMAGE_SIZE))
+    model = script.eval_model()
+    for entry in script.eval_entries(bench_dir, pairs_csv):
+        single = entry.evaluator.run(model, context)
+        assert single, entry.prefix
+        for key, value in single.items():
+            logged = result["metrics"][entry.key(key)]
+            assert logged == pytest.approx(value, abs=1e-6), entry.key(key)
+    probe = result["metrics"]
+    assert 1 / 7 - 0.15 < probe["linear_probe/folder/top1"] < 1 / 7 + 0.35  # noise images: near chance
+
+
+def test_eval_entry_point_on_two_ranks_equals_one(tmp_path):
+    """`torchrun --nproc_per_node 2 src/eval.py ...` writes the rows one process writes."""
+    from hydra import compose, initialize_config_dir
+
+    from cliplab.eval.run import evaluate
+    from tests.evals_fixtures import class_folder
+    from tests.test_eval_cli import CONF, ROOT, _checkpoint
+
+    ckpt = _checkpoint(tmp_path)
+    root = class_folder(tmp_path / "classes", 3, 7, separable=False)
+    table = pairs_table(tmp_path / "pairs", n=9)
+    overrides = [f"ckpt_path={ckpt}", "evals=[retrieval,linear_probe]", f"evals.retrieval.data.path={table}",
+                 f"evals.linear_probe.root={root}", "device=cpu", "num_workers=0"]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run([*cmd, "src/eval.py", *overrides, f"output_dir={tmp_path / 'two'}"], cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        evaluate(compose("eval", overrides=[*overrides, f"output_dir={tmp_path / 'one'}"]))
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert two["rows"] == one["rows"] and len(one["rows"]) == 8
+    assert (one["produced_by"]["world_size"], two["produced_by"]["world_size"]) == (1, 2)
+    assert two["produced_by"]["weights_sha256"] == one["produced_by"]["weights_sha256"]

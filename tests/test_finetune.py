@@ -26,8 +26,8 @@ def run(tmp_path_factory):
     ckpt = _checkpoint(tmp)
     task, other = make_folder(tmp / "task", per_class=5), make_folder(tmp / "other", per_class=2)
     cfg = compose_config(
-        [f"pretrained={ckpt}", f"finetune.data.root={task}", "finetune.holdout=0.4", "zeroshot=[folder]",
-         f"zeroshot.folder.root={other}", "finetune.steps=3", "finetune.batch_size=4", "finetune.lr=1e-3",
+        [f"pretrained={ckpt}", f"finetune.data.root={task}", "finetune.holdout=0.4", "evals=[folder]",
+         f"evals.folder.benchmark.root={other}", "finetune.steps=3", "finetune.batch_size=4", "finetune.lr=1e-3",
          "finetune.warmup_steps=1", "finetune.precision=fp32", "alphas=[0,0.5,1]", "num_workers=0",
          "device=cpu", "save_finetuned=false"],
         config_name="finetune", output_dir=tmp / "out",
@@ -70,7 +70,7 @@ def test_alpha_zero_is_the_zero_shot_model(run):
     assert row["alpha"] == 0.0 and row["task"]["top1"] == pytest.approx(expected, abs=1e-6)
     from hydra.utils import instantiate
 
-    other = instantiate(cfg.zeroshot.folder)
+    other = instantiate(cfg.evals.folder.benchmark)
     zs = evaluate_zeroshot(model, tokenizer, other, eval_transform(64), batch_size=256)
     assert row["zeroshot"]["folder"] == zs
 

@@ -78,7 +78,7 @@ def overrides(shards, run_dir: Path, *extra: str) -> list[str]:
         "model.image_tower.width=64",
         "model.text_tower.width=64",
         "model.embed_dim=64",
-        "zeroshot=none",
+        "evals=none",
         "test=false",
         "trainer.max_epochs=2",
         "trainer.num_sanity_val_steps=0",

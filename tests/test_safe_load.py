@@ -134,7 +134,7 @@ def assert_one_line_refusal(proc: subprocess.CompletedProcess, marker: Path) -> 
 @pytest.mark.parametrize("script", ["eval.py", "train.py"])
 def test_eval_and_resume_refuse_a_crafted_checkpoint(tmp_path, script):
     path, marker = crafted_checkpoint(tmp_path)
-    overrides = ["zeroshot=[emoji]"] if script == "eval.py" else ["logger=csv", "data.num_workers=0"]
+    overrides = ["evals=[emoji]"] if script == "eval.py" else ["logger=csv", "data.num_workers=0"]
     assert_one_line_refusal(run_entry_point(script, tmp_path, f"ckpt_path={path}", *overrides), marker)
 
 

@@ -269,8 +269,8 @@ TINY_SWEEP = [
     "data.num_workers=0",
     "trainer.precision=32-true",
     "trainer.limit_val_batches=1",
-    "zeroshot.emoji.limit=8",
-    "zeroshot.emoji_group.limit=8",
+    "evals.emoji.benchmark.limit=8",
+    "evals.emoji_group.benchmark.limit=8",
     "callbacks.model_summary=null",
     "trainer.max_steps=2,4,oops",  # the third job fails validation; the others must still finish
 ]

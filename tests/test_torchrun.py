@@ -20,7 +20,7 @@ TINY = [
     "trainer.limit_val_batches=1",
     "trainer.max_epochs=1",
     "test=false",
-    "zeroshot=none",
+    "evals=none",
     "callbacks.progress_bar=null",
 ]
 

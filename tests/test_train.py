@@ -65,7 +65,7 @@ def test_resume_continues_exactly(cfg_factory, emoji_ready, tmp_path):
     a step-count-independent schedule keeps the 1-epoch run's schedule equal to the 2-epoch run's.
     """
     # a data worker: its augmentation RNG is seeded per epoch, so epoch 2 is the same in both runs
-    common = [*TINY, "zeroshot=none", "test=false", "data.num_workers=1", "callbacks.retrieval=null"]
+    common = [*TINY, "evals=none", "test=false", "data.num_workers=1", "callbacks.retrieval=null"]
     common += ["scheduler=constant", "scheduler.warmup=6"]
     straight = train(cfg_factory([*common, "trainer.max_epochs=2"]))
     first = tmp_path / "first"
@@ -84,7 +84,7 @@ def test_resume_continues_exactly(cfg_factory, emoji_ready, tmp_path):
 
 def test_feature_cache_training_matches_plain_loss(cfg_factory, emoji_ready):
     """accumulation=feature_cache (chunks of 4) trains exactly like one big-batch CLIP loss."""
-    common = [*TINY, "zeroshot=none", "test=false", "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
+    common = [*TINY, "evals=none", "test=false", "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
     common += ["callbacks.retrieval=null", "callbacks.model_checkpoint=null", "trainer.limit_val_batches=0"]
     plain = train(cfg_factory([*common, "loss=clip"]))
     cached = train(

@@ -21,8 +21,8 @@ def _teacher(path, model_cfg: dict) -> None:
 def _overrides(teacher) -> list[str]:
     return [
         *TINY,
-        "zeroshot=[emoji]",  # one benchmark, 64 images: it runs twice (live and averaged weights)
-        "zeroshot.emoji.limit=64",
+        "evals=[emoji]",  # one benchmark, 64 images: it runs twice (live and averaged weights)
+        "evals.emoji.benchmark.limit=64",
         "trainer.max_epochs=1",
         "ema=default",
         "distill=clip",

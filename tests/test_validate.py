@@ -100,7 +100,10 @@ def test_every_missing_value_is_named_with_an_example(cfg_factory):
     for overrides, key in (
         (["data=csv"], "data.train.path"),
         (["data=folder"], "data.train.root"),
-        (["zeroshot=[folder]"], "zeroshot.folder.root"),
+        (["evals=[folder]"], "evals.folder.benchmark.root"),
+        (["evals=[retrieval]"], "evals.retrieval.data.path"),
+        (["evals=[linear_probe]"], "evals.linear_probe.root"),
+        (["evals=[kshot]"], "evals.kshot.root"),
     ):
         with pytest.raises(ConfigError, match=f"^{key} is required: python src/.*{key}=/data/") as err:
             validate(cfg_factory(overrides))

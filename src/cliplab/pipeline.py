@@ -101,10 +101,10 @@ def load_distill_teacher(module: CLIPModule, cfg: DictConfig) -> None:
 
 def build_callbacks(cfg: DictConfig) -> list:
     callbacks = instantiate_group(cfg.get("callbacks"))
-    if cfg.get("zeroshot"):
-        from cliplab.callbacks.zeroshot import ZeroShotCallback
+    if cfg.get("evals"):  # every `evals` entry, on its own schedule (conf/evals/, docs/contracts.md)
+        from cliplab.callbacks.evals import EvalsCallback
 
-        callbacks.append(ZeroShotCallback(benchmarks=cfg.zeroshot))
+        callbacks.append(EvalsCallback(cfg.evals))
     return callbacks
 
 
@@ -152,7 +152,7 @@ def train(cfg: DictConfig) -> dict:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test") and trainer.is_global_zero:
             results = final_results(trainer, metrics)
-            write_results(results, output_dir)
+            write_results(results, output_dir, trainer)
             metrics["results"] = results
         if trainer.is_global_zero:
             (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))

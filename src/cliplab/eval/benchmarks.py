@@ -1,6 +1,6 @@
 """Zero-shot benchmark data sets: class names, prompt templates and labelled images.
 
-Each benchmark is built from a `conf/zeroshot/<name>.yaml` entry and loads lazily (on the first `samples`
+Each benchmark is built from the `benchmark` of a `conf/evals/<name>.yaml` entry and loads lazily (on the first `samples`
 access), so composing a config never touches the disk. Bad input fails with one clear line (missing path,
 empty folder, class folders that do not match the class-name file); unreadable images are skipped and
 counted by the evaluation loop, never silently dropped.

@@ -1,43 +1,59 @@
-"""Evaluation results as `results.json` and a Markdown table `results.md` (one row per benchmark)."""
+"""The one results layout, written by training (`test=true`) and by `src/eval.py` alike.
+
+`results.json`: `{"produced_by": {...}, "rows": [{"metric", "value", "chance"}, ...]}`, where produced_by
+says what produced the numbers (model and weights hash, and per `evals` entry its data version, prompts and
+templates, preprocessing); `results.md`: the rows as a Markdown table (the README's tables are copied from
+it); the same table is printed.
+"""
 
 import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 
-PERCENT = ("top1", "top5", "mean_recall")
+from rich.console import Console
+from rich.table import Table
 
 
-def _cell(key: str, value) -> str:
-    if isinstance(value, float) and math.isnan(value):
-        return "n/a"
-    if key in PERCENT or "R@" in key:
-        return f"{100 * value:.2f}"
-    return str(value)
-
-
-def markdown_table(results: Mapping[str, Mapping[str, object]]) -> str:
-    """Rows = benchmarks, columns = the union of their metric names (percentages for accuracies/recalls)."""
-    columns: list[str] = []
-    for metrics in results.values():
-        columns += [k for k in metrics if k not in columns]
-    header = "| benchmark | " + " | ".join(columns) + " |"
-    rule = "|---|" + "---:|" * len(columns)
-    rows = [
-        f"| {name} | " + " | ".join(_cell(c, m[c]) if c in m else "" for c in columns) + " |"
-        for name, m in results.items()
+def result_rows(metrics: Mapping[str, float], chance: Mapping[str, float], prefixes) -> list[dict]:
+    """Rows {metric, value, chance} for every metric under one of `prefixes`, sorted by name."""
+    prefixes = tuple(prefixes)
+    return [
+        {"metric": name, "value": float(value), "chance": chance.get(name)}
+        for name, value in sorted(metrics.items())
+        if name.startswith(prefixes)
     ]
-    return "\n".join([header, rule, *rows]) + "\n"
 
 
-def write_results(results: Mapping, out_dir: str | Path, meta: Mapping | None = None) -> tuple[Path, Path]:
-    """Write `results.json` ({"meta", "results"}) and `results.md`; returns both paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / "results.json", out / "results.md"
-    json_path.write_text(json.dumps({"meta": dict(meta or {}), "results": results}, indent=2, default=str))
-    lines = ["# Evaluation results", ""]
-    lines += [f"- {k}: {v}" for k, v in (meta or {}).items()]
-    lines += ["", "Accuracies and recalls in %.", "", markdown_table(results)]
-    md_path.write_text("\n".join(lines))
-    return json_path, md_path
+def _number(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def results_markdown(rows: list[dict]) -> str:
+    lines = ["| metric | value | chance |", "|---|---:|---:|"]
+    for row in rows:
+        chance = "" if row["chance"] is None else f"{row['chance']:.4f}"
+        lines.append(f"| {row['metric']} | {_number(row['value'])} | {chance} |")
+    return "\n".join(lines) + "\n"
+
+
+def print_results(rows: list[dict], title: str) -> None:
+    table = Table(title=title)
+    for column in ("metric", "value", "chance"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in rows:
+        chance = "" if row["chance"] is None else f"{row['chance']:.4f}"
+        table.add_row(row["metric"], _number(row["value"]), chance)
+    Console().print(table)
+
+
+def write_results(rows: list[dict], output_dir: str | Path, produced_by: Mapping | None = None) -> Path:
+    """Writes results.json and results.md into `output_dir`, prints the table; returns results.json."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    layout = {"produced_by": dict(produced_by or {}), "rows": rows}
+    json_path = output_dir / "results.json"
+    json_path.write_text(json.dumps(layout, indent=2, default=str))
+    (output_dir / "results.md").write_text(results_markdown(rows))
+    print_results(rows, f"Held-out results ({output_dir})")
+    return json_path

@@ -1,12 +1,13 @@
-"""Evaluation loops: a model (+ tokenizer) on zero-shot benchmarks and on paired retrieval data.
+"""Evaluation loops: a model (+ tokenizer) on zero-shot benchmarks and on paired retrieval data, and
+`evaluate(cfg)`, the body of `src/eval.py` (every `evals` entry on a checkpoint).
 
-Plain functions shared by the training callbacks and `src/eval.py`. Each rank takes every world_size-th
-image; counts and metrics are summed across ranks (torchmetrics and `torch.distributed`) so every rank
-returns the same numbers.
+Plain functions shared by the evaluators (cliplab.eval.evaluators) and `src/eval.py`. Each rank takes
+every world_size-th batch of images; counts and metrics are summed across ranks (torchmetrics and
+`torch.distributed`) so every rank returns the same numbers.
 """
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
@@ -15,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from cliplab.eval.benchmarks import BenchmarkError, ZeroShotBenchmark, collate_skipping
+from cliplab.eval.features import rank_share
 from cliplab.eval.retrieval import retrieval_metrics
 from cliplab.eval.zeroshot import ClassifierCache, ZeroShotAccumulator, build_zeroshot_classifier
 from cliplab.losses.gather import gather_rows
@@ -49,7 +51,8 @@ def evaluate_zeroshot(
         args = (model, tokenizer, benchmark.classnames, benchmark.templates, text_batch_size, device)
         classifier = cache.get(*args) if cache is not None else build_zeroshot_classifier(*args)
         dataset = benchmark.dataset(transform)
-        shard = Subset(dataset, range(rank, len(dataset), world_size))
+        # whole batches round robin: each batch holds the images it holds on one rank
+        shard = Subset(dataset, rank_share(len(dataset), batch_size, rank, world_size))
         loader = DataLoader(
             shard, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping
         )
@@ -75,16 +78,6 @@ def evaluate_zeroshot(
         return {**accumulator.compute(), "n_images": seen, "n_skipped": skipped}
     finally:
         model.train(was_training)
-
-
-def evaluate_benchmarks(
-    model: nn.Module, tokenizer, benchmarks: Mapping[str, ZeroShotBenchmark], transform, **kwargs
-) -> dict[str, dict[str, float]]:
-    """`{benchmark name: metrics}` for several benchmarks."""
-    return {
-        name: evaluate_zeroshot(model, tokenizer, bench, transform, **kwargs)
-        for name, bench in benchmarks.items()
-    }
 
 
 class RetrievalAccumulator:
@@ -191,34 +184,68 @@ def load_model(cfg) -> tuple[nn.Module, object, int, str]:
     raise ConfigError("nothing to evaluate: give ckpt_path=<lightning .ckpt> or open_clip_ckpt=<file>")
 
 
+def world_size_env() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _init_ranks(device: str) -> tuple[int, int]:
+    """`(rank, world_size)`; under torchrun (WORLD_SIZE > 1) joins the process group first."""
+    import os
+
+    world = world_size_env()
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda"):
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), world
+
+
 def evaluate(cfg) -> dict[str, dict[str, float]]:
-    """`src/eval.py`: load the model, run `cfg.zeroshot` benchmarks, write results.json and results.md."""
+    """`src/eval.py`: load the model, run every `cfg.evals` entry once, write results.json and results.md
+    (cliplab.eval.report's layout, the one training writes). Under torchrun each rank evaluates its share
+    and rank 0 writes. Returns `{entry name: metrics}`."""
     from pathlib import Path
 
-    from hydra.utils import instantiate
-
     from cliplab.data.transforms import eval_transform
-    from cliplab.eval.report import markdown_table, write_results
+    from cliplab.eval.evaluator import EvalContext, build_entries
+    from cliplab.eval.provenance import file_sha256, weights_sha256
+    from cliplab.eval.report import result_rows, write_results
     from cliplab.utils.errors import ConfigError
 
-    if not cfg.get("zeroshot"):
-        raise ConfigError("no benchmarks chosen: e.g. zeroshot=[emoji,fashion_mnist]")
+    if not cfg.get("evals"):
+        raise ConfigError("no evaluations chosen: e.g. evals=[emoji,fashion_mnist] or evals=[retrieval]")
+    entries = build_entries(cfg.evals)
     model, tokenizer, image_size, source = load_model(cfg)
     device = cfg.get("device") or "auto"
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    joined = world_size_env() > 1 and not dist.is_initialized()
+    rank, world_size = _init_ranks(device)
+    if device == "cuda":
+        device = f"cuda:{torch.cuda.current_device()}"
     model = model.to(device).eval()
-    benchmarks = {name: instantiate(bench) for name, bench in cfg.zeroshot.items()}
-    results = evaluate_benchmarks(
-        model,
-        tokenizer,
-        benchmarks,
-        eval_transform(image_size),
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        text_batch_size=cfg.text_batch_size,
-    )
-    meta = {"model": source, "image_size": image_size, "device": device}
-    json_path, _ = write_results(results, Path(cfg.output_dir), meta)
-    print(markdown_table(results), end="")
-    print(f"results written to {json_path.parent}")
+    context = EvalContext(tokenizer, eval_transform(image_size), rank, world_size)
+    results, logged, chance = {}, {}, {}
+    for entry in entries:
+        results[entry.name] = entry.evaluator.run(model, context)
+        logged.update({entry.key(m): v for m, v in results[entry.name].items()})
+        chance.update({entry.key(m): c for m, c in entry.evaluator.chance_levels().items()})
+    if rank == 0:
+        produced_by = {
+            "model": source,
+            "checkpoint_sha256": file_sha256(source) if Path(source).exists() else None,
+            "weights_sha256": weights_sha256(model),
+            "image_size": image_size,
+            "device": str(device),
+            "world_size": world_size,
+            "evals": {e.name: {"prefix": e.prefix, **e.evaluator.provenance()} for e in entries},
+        }
+        rows = result_rows(logged, chance, [f"{e.prefix}/" for e in entries])
+        json_path = write_results(rows, Path(cfg.output_dir), produced_by)
+        print(f"results written to {json_path.parent}")
+    if joined:
+        dist.destroy_process_group()
     return results

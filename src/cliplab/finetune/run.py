@@ -1,6 +1,6 @@
 """`src/finetune.py`: fine-tune a pretrained CLIP's image tower with a zero-shot-initialised head, then
 report WiSE-FT's weight interpolation over `alphas`: the task's accuracy and the zero-shot accuracy on the
-other benchmarks (`zeroshot`) at every alpha."""
+other benchmarks (the zero-shot entries of `evals`) at every alpha."""
 
 import logging
 from pathlib import Path
@@ -106,7 +106,12 @@ def finetune(cfg: DictConfig) -> dict:
     )  # fmt: skip
     classifier.requires_grad_(False)
     finetuned = _clone(classifier.state_dict())
-    benchmarks = {name: instantiate(bench) for name, bench in (cfg.get("zeroshot") or {}).items()}
+    # retention benchmarks: the zero-shot classification entries of `evals` (others have no benchmark)
+    benchmarks = {
+        name: instantiate(entry.benchmark)
+        for name, entry in (cfg.get("evals") or {}).items()
+        if "benchmark" in entry
+    }
     rows = wiseft_rows(
         model,
         tokenizer,

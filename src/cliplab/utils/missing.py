@@ -56,7 +56,7 @@ def example_value(key: str, conf_dir: Path = CONF_DIR) -> str | None:
     pattern = re.compile(rf"(?<![\w.]){re.escape(key)}=(\S+)")
     group, _, rest = key.partition(".")
     option = _choices().get(group)
-    option = rest.split(".", 1)[0] if group == "zeroshot" else option
+    option = rest.split(".", 1)[0] if group == "evals" else option
     preferred = [conf_dir / group / f"{option}.yaml"] if isinstance(option, str) else []
     for path in [*preferred, *sorted(conf_dir.rglob("*.yaml"))]:
         if not path.is_file():

@@ -1,45 +1,50 @@
-"""The end-of-run results table: each evaluation metric beside its chance level."""
+"""The end-of-training results table: each evaluation metric beside its chance level, and what produced it.
 
-import json
+The layout (results.json, results.md) is cliplab.eval.report's, shared with `src/eval.py`.
+"""
+
 from pathlib import Path
 
 import pytorch_lightning as pl
-from rich.console import Console
-from rich.table import Table
 
-EVAL_PREFIXES = ("zeroshot/", "retrieval/", "ema/")  # ema/: the same metrics for the averaged weights
+from cliplab.eval import report
+
+# the validation-pass retrieval (callbacks.retrieval) and zero-shot, and ema/: the same metrics for the
+# averaged weights; EvalsCallback adds its entries' prefixes
+EVAL_PREFIXES = ("zeroshot/", "retrieval/", "ema/")
 
 
 def final_results(trainer: pl.Trainer, metrics: dict[str, float]) -> list[dict]:
     """Rows {metric, value, chance} for every evaluation metric the callbacks logged."""
     chance: dict[str, float] = {}
+    prefixes = set(EVAL_PREFIXES)
     for callback in trainer.callbacks:
         if hasattr(callback, "chance_levels"):
             chance.update(callback.chance_levels())
-    return [
-        {"metric": name, "value": value, "chance": chance.get(name.removeprefix("ema/"))}
-        for name, value in sorted(metrics.items())
-        if name.startswith(EVAL_PREFIXES)
-    ]
+        if hasattr(callback, "metric_prefixes"):
+            prefixes.update(callback.metric_prefixes())
+    chance.update({f"ema/{name}": level for name, level in chance.items()})  # guessing is guessing
+    return report.result_rows(metrics, chance, sorted(prefixes))
 
 
-def results_markdown(rows: list[dict]) -> str:
-    lines = ["| metric | value | chance |", "|---|---:|---:|"]
-    for row in rows:
-        chance = "" if row["chance"] is None else f"{row['chance']:.4f}"
-        lines.append(f"| {row['metric']} | {row['value']:.4f} | {chance} |")
-    return "\n".join(lines) + "\n"
+def training_provenance(trainer: pl.Trainer, output_dir: Path) -> dict:
+    """The run, its final step and weights hash, and each evals entry's own record."""
+    from cliplab.eval.provenance import weights_sha256
+
+    module = trainer.lightning_module
+    produced = {
+        "model": f"training run {output_dir}",
+        "global_step": trainer.global_step,
+        "weights_sha256": weights_sha256(module.model),
+        "evals": {},
+    }
+    for callback in trainer.callbacks:
+        if hasattr(callback, "provenance"):
+            produced["evals"].update(callback.provenance())
+    return produced
 
 
-def write_results(rows: list[dict], output_dir: Path) -> None:
+def write_results(rows: list[dict], output_dir: Path, trainer: pl.Trainer | None = None) -> None:
     """Prints the table and writes results.json and results.md into the run directory."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results.json").write_text(json.dumps(rows, indent=2))
-    (output_dir / "results.md").write_text(results_markdown(rows))
-    table = Table(title=f"Held-out results ({output_dir})")
-    for column in ("metric", "value", "chance"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
-    for row in rows:
-        chance = "" if row["chance"] is None else f"{row['chance']:.4f}"
-        table.add_row(row["metric"], f"{row['value']:.4f}", chance)
-    Console().print(table)
+    produced_by = training_provenance(trainer, output_dir) if trainer is not None else None
+    report.write_results(rows, output_dir, produced_by)
