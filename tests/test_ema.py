@@ -6,15 +6,12 @@ import pytorch_lightning as pl
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from cliplab.callbacks.zeroshot import ZeroShotCallback
 from cliplab.checkpoints.load import load_module
 from cliplab.lit.ema import EmaWeights
 from cliplab.lit.module import CLIPModule
 from cliplab.utils.errors import ConfigError
 from cliplab.validate import validate
 from tests._mp_train_script import LOSS, MODEL, OPTIM, Data
-from tests.test_eval_callbacks import TinyModule, _loader, _trainer
-from tests.test_eval_cli import make_folder
 
 
 def _reference(sequence: list[dict], decay: float, warmup: bool) -> dict:
@@ -104,24 +101,6 @@ def test_every_step_averaged_saved_and_resumed_exactly(tmp_path):
     expected = _reference(first.sequence + second.sequence, 0.9, warmup=True)
     for key, value in expected.items():  # and the resumed steps continue the same warmup schedule
         torch.testing.assert_close(_averaged(resumed)[key], value, rtol=1e-6, atol=1e-7)
-
-
-def test_zeroshot_callback_evaluates_the_average_beside_the_live_weights(tmp_path):
-    from cliplab.eval.benchmarks import ImageFolderBenchmark
-
-    module = TinyModule()
-    module.ema = EmaWeights(module.model, decay=0.5)
-    with torch.no_grad():  # an average that confuses the first two colours
-        module.ema.weights.get_parameter("w").copy_(torch.eye(3)[[1, 0, 2]])
-    bench = ImageFolderBenchmark("colours", make_folder(tmp_path), ["a photo of {}."])
-    callback = ZeroShotCallback({"colours": bench}, image_size=16, batch_size=4)
-    trainer = _trainer(callback)
-    trainer.fit(module, train_dataloaders=_loader(), val_dataloaders=_loader())
-    metrics = trainer.callback_metrics
-    assert float(metrics["zeroshot/colours/top1"]) == 1.0
-    assert float(metrics["ema/zeroshot/colours/top1"]) == pytest.approx(1 / 3)
-    assert {"ema/zeroshot/colours/top5", "ema/zeroshot/colours/mean_recall"} <= set(metrics)
-    torch.testing.assert_close(module.model.w.detach(), torch.eye(3), rtol=0, atol=0)  # live weights back
 
 
 def test_config_rules(cfg_factory):

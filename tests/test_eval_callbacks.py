@@ -1,12 +1,12 @@
-"""The callbacks schedule evaluations and log through pl_module.log under the agreed names."""
+"""The validation-pass retrieval callback logs recall through pl_module.log under the agreed names (the evals
+registry's callback: tests/test_evals_callback.py)."""
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from cliplab.callbacks.retrieval import RetrievalCallback
-from cliplab.callbacks.zeroshot import ZeroShotCallback
-from tests.test_eval_cli import ColourModel, colour_tokenizer, make_folder
+from tests.test_eval_cli import ColourModel, colour_tokenizer
 
 
 class TinyModule(pl.LightningModule):
@@ -36,34 +36,6 @@ def _trainer(callback, **kw):
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
     )
     return pl.Trainer(max_epochs=2, callbacks=[callback], num_sanity_val_steps=0, **quiet, **kw)
-
-
-def test_zeroshot_callback_logs_every_epoch(tmp_path):
-    from cliplab.eval.benchmarks import ImageFolderBenchmark
-
-    bench = ImageFolderBenchmark("colours", make_folder(tmp_path), ["a photo of {}."])
-    callback = ZeroShotCallback({"colours": bench}, image_size=16, batch_size=4)
-    calls = []
-    original = callback.evaluate
-    callback.evaluate = lambda t, m: calls.append(t.current_epoch) or original(t, m)
-    trainer = _trainer(callback)
-    trainer.fit(TinyModule(), train_dataloaders=_loader(), val_dataloaders=_loader())
-    assert calls == [0, 1]  # once per epoch, at validation end (not again at train epoch end)
-    metrics = trainer.callback_metrics
-    assert float(metrics["zeroshot/colours/top1"]) == 1.0
-    assert {"zeroshot/colours/top5", "zeroshot/colours/mean_recall"} <= set(metrics)
-
-
-def test_zeroshot_callback_every_n_steps_without_validation(tmp_path):
-    from cliplab.eval.benchmarks import ImageFolderBenchmark
-
-    bench = ImageFolderBenchmark("colours", make_folder(tmp_path), ["a photo of {}."])
-    callback = ZeroShotCallback({"colours": bench}, every_n_epochs=None, every_n_steps=3, image_size=16)
-    steps = []
-    original = callback.evaluate
-    callback.evaluate = lambda t, m: steps.append(t.global_step) or original(t, m)
-    _trainer(callback, limit_val_batches=0).fit(TinyModule(), train_dataloaders=_loader(16))
-    assert steps == [3, 6]
 
 
 def test_retrieval_callback_logs_recall():
