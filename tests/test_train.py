@@ -31,7 +31,7 @@ def test_fast_dev_run_writes_config(cfg_factory, emoji_ready, tmp_path):
 def nominal_flops_per_sample(cfg) -> float:
     from omegaconf import OmegaConf
 
-    from cliplab.utils.flops import train_flops_per_sample
+    from cliplab.models.flops import train_flops_per_sample
 
     return train_flops_per_sample(OmegaConf.to_container(cfg.model, resolve=True))
 

@@ -25,6 +25,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from cliplab.data import transforms as T
 from cliplab.data.even_split import EpochIndexSampler, EvenSplitBatches
 from cliplab.data.faults import FaultLog
+from cliplab.data.interface import DataSource
 from cliplab.data.samples import Collate
 from cliplab.data.table_source import TABLE_SUFFIXES, TableSource
 from cliplab.data.webdataset_source import EvenSplitStream, WebDatasetSource
@@ -35,8 +36,8 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
-def as_source(spec, shuffle: bool):
-    if spec is None or hasattr(spec, "build"):
+def as_source(spec, shuffle: bool) -> DataSource | None:
+    if spec is None or isinstance(spec, DataSource):
         return spec
     if isinstance(spec, str) and spec.lower().endswith(TABLE_SUFFIXES):
         return TableSource(spec)
