@@ -1,7 +1,6 @@
 """The ViT/ResNet options of the image tower (FLIP, checkpointing, LiT); the contract of every image tower
 config is in tests/test_contracts.py."""
 
-
 import pytest
 import torch
 from torch import nn

@@ -178,6 +178,18 @@ def check_towers(cfg: DictConfig) -> None:
         )
 
 
+def check_tokenizer(cfg: DictConfig) -> None:
+    """The tokenizer (`model.tokenizer`, beside the towers) must not make rows longer than the text tower
+    takes: the first long caption would stop the run mid-training."""
+    tokenizer, tower = cfg.model.get("tokenizer") or {}, cfg.model.get("text_tower") or {}
+    length, limit = tokenizer.get("context_length"), tower.get("context_length")
+    if isinstance(length, numbers.Integral) and isinstance(limit, numbers.Integral) and length > limit:
+        raise ConfigError(
+            f"model.tokenizer.context_length={length} is longer than model.text_tower.context_length={limit}; "
+            f"set both with model.context_length, e.g. model.context_length={limit}"
+        )
+
+
 def _is_timm_vit(model_name) -> bool:
     from cliplab.models.image_tower import family
 
@@ -208,6 +220,7 @@ def validate(cfg: DictConfig) -> None:
     check_missing(cfg)
     check_types(cfg)
     check_towers(cfg)
+    check_tokenizer(cfg)
     check_loss(cfg)
     check_batch(cfg)
     check_hardware(cfg)
