@@ -1,10 +1,11 @@
 """The Lightning data module: sources from config, transforms, per-device batching, fault accounting.
 
-Built as `instantiate(cfg.data, tokenizer=tokenizer)`. `train` / `val` are sources
-(`WebDatasetSource`, `TableSource`, `FolderSource`) or a plain string: a path ending in
-.csv/.tsv/.parquet is a table, anything else a webdataset shard specification. `batch_size` is the
-GLOBAL batch; `setup()` divides it by the trainer's world size. Batches are `(images, tokens)`: float
-`[B, 3, H, W]` normalised, long `[B, L]` (the raw captions when no tokenizer is given).
+Built as `instantiate(cfg.data, tokenizer=module.tokenizer)`. `train` / `val` are sources
+(`cliplab.data.interface.DataSource`: `WebDatasetSource`, `TableSource`, `FolderSource`) or a plain
+string: a path ending in .csv/.tsv/.parquet is a table, anything else a webdataset shard specification.
+`batch_size` is the GLOBAL batch; `setup()` divides it by the trainer's world size. Batches are
+`(images, tokens)`: float `[B, 3, H, W]` normalised, long `[B, L]` (the raw captions when no tokenizer is
+given).
 
 The data module owns the split over ranks (the trainer runs with `use_distributed_sampler=False`):
 every rank yields the same number of training and validation batches (docs/contracts.md, "Even
