@@ -2,7 +2,8 @@
 
 Runs the selected benchmarks side by side with open_clip and writes bench/results/latest.{md,json}.
 Names: train_step, end_to_end, memory, loss, data, zeroshot; every one gives rows of the same table.
-Default: all of them.
+Default: all of them. `learning` (learning parity: loss curves and held-out accuracy of both sides over a
+300-step run, bench/bench_learning.py) writes a report of its own and runs only when named.
 """
 
 import argparse
@@ -16,6 +17,7 @@ from bench import harness
 from bench.bench_train_step import LEVERS
 
 ROWS = ("train_step", "end_to_end", "memory", "loss", "data", "zeroshot")
+REPORTS = ("learning",)  # not rows of the speed table: a report of its own, run only when named
 SHARED_NOTE = (
     "Timings depend on the machine being otherwise idle; a shared machine makes them noisy "
     "(see the min-max spread in the JSON)."
@@ -44,9 +46,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     bad_levers = {x for x in args.levers.split(",") if x} - set(LEVERS)
     if bad_levers:
         parser.error(f"unknown levers {sorted(bad_levers)}; choose from {', '.join(LEVERS)}")
-    unknown = set(args.names) - set(ROWS)
+    unknown = set(args.names) - set(ROWS) - set(REPORTS)
     if unknown:
-        parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {ROWS}")
+        parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {ROWS + REPORTS}")
     return args
 
 
@@ -72,6 +74,14 @@ def collect_cases(names, device, threads, quick, levers, state_dir) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    status = 0
+    if "learning" in args.names:
+        from bench import bench_learning
+
+        status = bench_learning.main(["--quick"] if args.quick else [])
+        args.names = [n for n in args.names if n != "learning"]
+        if not args.names:
+            return status
     device = resolve_device(args.device)
     if device is None:
         print("--device cuda: no CUDA device here; skipping (nothing to run).")
@@ -101,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(md_path.read_text())
     print(f"written {md_path} and {json_path}")
-    return 0 if all(r.gate_ok for r in rows) else 1
+    return status or (0 if all(r.gate_ok for r in rows) else 1)
 
 
 def measure_peaks(device: str) -> dict[str, float]:

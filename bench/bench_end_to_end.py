@@ -21,6 +21,7 @@ import time
 import torch
 
 from bench.bench_train_step import (
+    bench_trainer,
     compose_group,
     load_reference_state,
     model_config,
@@ -67,20 +68,7 @@ def run_cliplab(spec: dict, model_cfg: dict) -> dict:
         persistent_workers=False,
         trim_padding=spec.get("trim_padding", True),
     )
-    trainer = pl.Trainer(
-        accelerator="gpu" if spec["device"].startswith("cuda") else "cpu",
-        devices=1,
-        precision="32-true",
-        max_steps=steps,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[Clock()],
-    )
+    trainer = bench_trainer(spec["device"], "32-true", max_steps=steps, max_epochs=1, callbacks=[Clock()])
     trainer.fit(module, datamodule=datamodule)
     return _result(spec, start, marks, trainer.global_step)
 

@@ -105,6 +105,24 @@ def make_batches(model_cfg: dict, batch: int, count: int, seed: int = 0) -> list
     return out
 
 
+def bench_trainer(device: str, precision: str, **fit_options):
+    """A Lightning Trainer that only trains: no logging, checkpoints, bars or validation to time."""
+    import pytorch_lightning as pl
+
+    return pl.Trainer(
+        accelerator="gpu" if device.startswith("cuda") else "cpu",
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **fit_options,
+    )
+
+
 class InMemoryBatches(torch.utils.data.Dataset):
     """`steps` batches cycling over a few precomputed ones (DataLoader with batch_size=None)."""
 
@@ -230,19 +248,8 @@ def run_cliplab(spec: dict, model_cfg: dict, batches: list[tuple]) -> dict:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             clock.after_step(batch_idx, outputs["loss"])
 
-    trainer = pl.Trainer(
-        accelerator="gpu" if spec["device"].startswith("cuda") else "cpu",
-        devices=1,
-        precision="bf16-mixed" if spec["precision"] == "bf16" else "32-true",
-        max_steps=clock.total,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[Clock()],
-    )
+    precision = "bf16-mixed" if spec["precision"] == "bf16" else "32-true"
+    trainer = bench_trainer(spec["device"], precision, max_steps=clock.total, callbacks=[Clock()])
     loader = torch.utils.data.DataLoader(InMemoryBatches(batches, clock.total), batch_size=None)
     clock.begin()
     trainer.fit(module, train_dataloaders=loader)

@@ -233,3 +233,26 @@ def test_loss_rows_workers_give_what_the_harness_reads(tmp_path):
     for result in out.values():
         assert result[case.metric] > 0 and result["warmup_s"] > 0
         assert all(key in result for _, key, _ in case.also)
+
+
+def test_learning_parity_sides_train_step_for_step_alike(tmp_path):
+    # The learning-parity benchmark's two loops (cliplab's Trainer + CLIPModule, open_clip's CLIP + ClipLoss +
+    # cosine_lr) from the same weights on the same batches give the same losses: same recipe, warm-up included.
+    from bench import bench_learning as learning
+    from bench.bench_train_step import make_batches, model_config, write_reference_state
+
+    model_cfg = model_config("tiny")
+    state = write_reference_state(model_cfg, str(tmp_path / "init.safetensors"))
+    batches = make_batches(model_cfg, batch=8, count=4, seed=3)
+    runs = {}
+    for side, run in (("cliplab", learning.run_cliplab), ("open_clip", learning.run_open_clip)):
+        loader = torch.utils.data.DataLoader(batches, batch_size=None)
+        spec = {"steps": 4, "state_path": state, "out": str(tmp_path / f"{side}.safetensors")}
+        runs[side] = run(spec, model_cfg, loader)
+    ours, theirs = runs["cliplab"], runs["open_clip"]
+    assert ours["lrs"] == pytest.approx(theirs["lrs"], rel=1e-9) and ours["lrs"][0] > 0
+    assert ours["losses"] == pytest.approx(theirs["losses"], rel=1e-5)
+    assert ours["losses"][-1] != pytest.approx(ours["losses"][0], rel=1e-3)  # it trained
+    gap, _ = learning.loss_gap(ours["losses"], theirs["losses"], every=1)
+    assert gap < 1e-5
+    assert learning.noise(0.0, 100) > 0 and learning.noise(0.5, 100) == pytest.approx(2 * (0.5 / 100) ** 0.5)

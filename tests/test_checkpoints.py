@@ -237,7 +237,7 @@ def test_eval_and_sweep_resume_accept_the_folder(fsdp_folder, tmp_path, monkeypa
     os.symlink(fsdp_folder, job / "checkpoints" / "last.ckpt")
     cfg = OmegaConf.create({"paths": {"output_dir": str(job)}, "ckpt_path": None, "sweep_resume": True})
     monkeypatch.setattr(jobs, "_hydra_job", lambda: (True, str(tmp_path), "seed=1"))
-    jobs.start_job(cfg)
+    cfg = jobs.start_job(cfg).cfg
     assert cfg.ckpt_path == str(job / "checkpoints" / "last.ckpt")
     # under DDP a sharded folder cannot resume: one line naming the strategy that can
     cfg.trainer = {"strategy": "ddp"}

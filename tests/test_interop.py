@@ -164,6 +164,22 @@ def test_mismatch_names_keys_shapes_and_architecture():
 
 
 @pytest.mark.parametrize("vision_cfg", [VIT, RN], ids=["vit", "rn"])
+def test_signature_reads_the_same_architecture_from_both_layouts(vision_cfg):
+    from cliplab.models.interop.identify import signature
+
+    theirs, ours = (
+        signature(open_clip_model(vision_cfg).state_dict()),
+        signature(cliplab_model(vision_cfg).state_dict()),
+    )
+    size = vision_cfg["image_size"]
+    if vision_cfg is VIT:
+        expected = ("vit", 64, 2, 8, size, EMBED, TEXT["width"])
+    else:
+        expected = ("rn", vision_cfg["width"], tuple(vision_cfg["layers"]), None, size, EMBED, TEXT["width"])
+    assert theirs == ours == expected
+
+
+@pytest.mark.parametrize("vision_cfg", [VIT, RN], ids=["vit", "rn"])
 def test_export_to_open_clip_round_trip(vision_cfg, tmp_path):
     ours = cliplab_model(vision_cfg, act="quick_gelu")
     load_openclip_state_dict(ours, open_clip_model(vision_cfg, quick_gelu=True, seed=5).state_dict())

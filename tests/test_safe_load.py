@@ -151,7 +151,7 @@ def test_resume_of_a_run_dir_and_sweep_resume_refuse_a_crafted_checkpoint(cfg_fa
     with open_dict(cfg):
         cfg.sweep_resume = True
     monkeypatch.setattr(jobs, "_hydra_job", lambda: (True, str(tmp_path), "seed=1"))
-    jobs.start_job(cfg)  # sweep resume picks the job's newest checkpoint ...
+    cfg = jobs.start_job(cfg).cfg  # sweep resume picks the job's newest checkpoint ...
     assert cfg.ckpt_path == str(tmp_path / "checkpoints" / "last.ckpt")
     with pytest.raises(UnsafeCheckpointError, match="allow_unsafe_pickle"):  # ... which train() refuses
         resume_path(cfg)

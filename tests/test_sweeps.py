@@ -88,7 +88,7 @@ def test_finished_job_is_skipped(job_cfg):
     job_dir = Path(job_cfg.paths.output_dir)
     job_dir.mkdir()
     (job_dir / "metrics.json").write_text(json.dumps({"train/loss": 1.5}))
-    assert sweep_jobs.start_job(job_cfg) == {"train/loss": 1.5}
+    assert sweep_jobs.start_job(job_cfg).finished == {"train/loss": 1.5}
 
 
 def test_interrupted_job_resumes_from_last_ckpt(job_cfg, monkeypatch):
@@ -97,9 +97,10 @@ def test_interrupted_job_resumes_from_last_ckpt(job_cfg, monkeypatch):
     last.parent.mkdir(parents=True)
     torch.save({"state_dict": {}}, last)
     (last.parent / ".step_00000009.ckpt.partial").write_bytes(b"PK")  # a write that was killed: skipped
-    assert sweep_jobs.start_job(job_cfg) is None
-    assert job_cfg.ckpt_path == str(last)
-    wandb = job_cfg.logger.wandb
+    job = sweep_jobs.start_job(job_cfg)
+    assert job.finished is None and job.cfg.ckpt_path == str(last)
+    assert job_cfg.ckpt_path is None  # the caller's config is not edited
+    wandb = job.cfg.logger.wandb
     assert (wandb.group, wandb.name, wandb.resume) == ("demo", "scale=s1,seed=3", "allow")
     assert wandb.config == {"sweep": "demo", "scale": "s1", "seed": "3"}
     assert wandb.id == sweep_jobs.wandb_run_id(Path(job_cfg.paths.output_dir))
@@ -111,7 +112,8 @@ def test_plain_runs_are_never_skipped_or_resumed(job_cfg):
     job_cfg.sweep_resume = None  # outside a Hydra multirun
     Path(job_cfg.paths.output_dir).mkdir()
     (Path(job_cfg.paths.output_dir) / "metrics.json").write_text("{}")
-    assert sweep_jobs.start_job(job_cfg) is None and job_cfg.ckpt_path is None
+    job = sweep_jobs.start_job(job_cfg)
+    assert job.finished is None and job.cfg.ckpt_path is None
 
 
 # ---- power law ------------------------------------------------------------------------------------------

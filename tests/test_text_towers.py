@@ -162,24 +162,27 @@ def test_hf_tokenizer_pads_truncates_and_pickles(tiny_hf_tokenizer_dir):
     assert torch.equal(pickle.loads(pickle.dumps(tokenizer))(["a cat"]), tokenizer(["a cat"]))
 
 
-@pytest.mark.parametrize("pooler", ["mean", "cls", "max", "last"])
+@pytest.mark.parametrize("pooler", ["mean", "cls", "cls_last_hidden_state", "max", "last"])
 def test_hf_pooling_matches_transformers_outputs(pooler):
     from transformers import AutoConfig, AutoModel
 
     tower = _hf_tower(pooler=pooler, proj="none")
     settings = dict(TINY_BERT)
     reference = AutoModel.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings))
-    reference.load_state_dict(tower.transformer.state_dict(), strict=False)  # reference keeps its pooler
+    missing = reference.load_state_dict(tower.transformer.state_dict(), strict=False).missing_keys
+    assert all(k.startswith("pooler.") for k in missing) and (not missing) == (pooler == "cls")
     reference.eval()
     tokens = torch.tensor([[2, 5, 6, 7, 5, 8, 3, 0, 0], [2, 10, 9, 3, 0, 0, 0, 0, 0]])
     with torch.no_grad():
         ours = tower(tokens)
         for row, length in enumerate([7, 4]):
             # Unpadded sequence alone: what a pooled feature must equal.
-            hidden = reference(input_ids=tokens[row : row + 1, :length]).last_hidden_state[0]
+            output = reference(input_ids=tokens[row : row + 1, :length])
+            hidden = output.last_hidden_state[0]
             expected = {
                 "mean": hidden.mean(0),
-                "cls": hidden[0],
+                "cls": output.pooler_output[0],  # BERT's dense + tanh over the first token, as open_clip
+                "cls_last_hidden_state": hidden[0],
                 "max": hidden.max(0).values,
                 "last": hidden[-1],
             }[pooler]
@@ -207,7 +210,8 @@ def test_hf_projection_layouts():
     }
     assert mlp.proj[0].out_features == (32 + 48) // 2 and mlp.output_dim == 48
     assert _hf_tower(proj="none").output_dim == 32
-    assert not any("pooler" in n for n, _ in mlp.named_parameters())
+    assert not any("pooler" in n for n, _ in mlp.named_parameters())  # only `cls` reads the encoder's pooler
+    assert any("pooler" in n for n, _ in _hf_tower(pooler="cls_pooler").named_parameters())
     with pytest.raises(ValueError, match="pooler"):
         _hf_tower(pooler="attention")
 

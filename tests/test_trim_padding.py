@@ -55,7 +55,7 @@ def test_clip_text_tower_features_and_gradients_do_not_change():
 def test_hf_text_tower_features_do_not_change():
     from tests.test_text_towers import _hf_tower
 
-    for pooler in ("mean", "cls", "max", "last"):
+    for pooler in ("mean", "cls", "cls_last_hidden_state", "max", "last"):
         tower = _hf_tower(pooler=pooler)
         tokens = torch.zeros(3, 32, dtype=torch.long)  # BERT pads with 0
         for row, length in enumerate([4, 9, 6]):

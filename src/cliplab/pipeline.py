@@ -104,12 +104,13 @@ def save_config(cfg: DictConfig, output_dir: Path) -> None:
 
 def train(cfg: DictConfig) -> dict:
     """Trains (and evaluates) one run; returns the final metrics."""
-    # Sweeps (cliplab.sweeps.jobs): in a multirun, a finished job returns its saved metrics instead of
-    # retraining, and an interrupted one resumes from its last.ckpt; also names the job's W&B run.
-    finished = start_job(cfg)
-    if finished is not None:
-        return finished
     validate(cfg)
+    # Sweeps (cliplab.sweeps.jobs): in a multirun, a finished job returns its saved metrics instead of
+    # retraining, and an interrupted one resumes from its newest checkpoint; also names the job's W&B run.
+    job = start_job(cfg)
+    if job.finished is not None:
+        return job.finished
+    cfg = job.cfg
     # `last`, a run directory or a checkpoint: resolved, and refused (one line) if loading could run code
     cfg.ckpt_path = resume_path(cfg)
     # The module owns the run's one tokenizer (built from model.tokenizer); the data module tokenizes with it.

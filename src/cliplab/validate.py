@@ -190,6 +190,22 @@ def check_tokenizer(cfg: DictConfig) -> None:
         )
 
 
+def check_hub_names(cfg: DictConfig) -> None:
+    """Offline, a Hugging Face text tower named by hub id (the presets) needs a local folder instead."""
+    from cliplab.models.hf_hub import check_reachable
+
+    text = cfg.model.get("text_tower") or {}
+    if not str(text.get("_target_", "")).endswith("HFTextTower"):
+        return
+    name = text.get("model_name_or_path")
+    check_reachable("model.text_tower.model_name_or_path", name)  # tokenizer files, and weights or config
+    # A tokenizer read from another folder than the encoder.
+    node = cfg.model.get("tokenizer")
+    source = node.get("name_or_path") if isinstance(node, DictConfig) else None
+    if source is not None and source != name:
+        check_reachable("model.tokenizer.name_or_path", source, "tokenizer_config.json")
+
+
 def _is_timm_vit(model_name) -> bool:
     from cliplab.models.image_tower import family
 
@@ -221,6 +237,7 @@ def validate(cfg: DictConfig) -> None:
     check_types(cfg)
     check_towers(cfg)
     check_tokenizer(cfg)
+    check_hub_names(cfg)
     check_loss(cfg)
     check_batch(cfg)
     check_hardware(cfg)

@@ -13,7 +13,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cliplab.models.interfaces import Tokenizer
-from cliplab.utils.errors import ConfigError
+from cliplab.utils.errors import CliplabError, ConfigError
 
 
 def current_layout(model_cfg: DictConfig | dict) -> dict:
@@ -55,5 +55,7 @@ def build_tokenizer(model_cfg: DictConfig | dict) -> Tokenizer | None:
         return None
     try:
         return instantiate(node)
+    except CliplabError:  # already one line (e.g. a hub name offline)
+        raise
     except Exception as err:
         raise ConfigError(f"cannot build the tokenizer of model.tokenizer: {err}") from err

@@ -10,9 +10,20 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from cliplab.models.hf_hub import from_pretrained
 from cliplab.models.interfaces import TextTower, Tokenizer
 
-POOLERS = ("mean", "cls", "max", "last")
+# The key users set; the tokenizer config reads the same folder by interpolation.
+NAME_KEY = "model.text_tower.model_name_or_path"
+
+# cliplab's names; the semantics are open_clip's (`open_clip/hf_model.py`), whose names are accepted too.
+POOLERS = ("mean", "max", "cls", "cls_last_hidden_state", "last")
+OPENCLIP_POOLER_NAMES = {
+    "mean_pooler": "mean",
+    "max_pooler": "max",
+    "cls_pooler": "cls",
+    "cls_last_hidden_state_pooler": "cls_last_hidden_state",
+}
 PROJECTIONS = ("linear", "mlp", "none")
 
 
@@ -27,7 +38,8 @@ class HFTokenizer(Tokenizer):
         self._load()
 
     def _load(self) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
+        load = AutoTokenizer.from_pretrained
+        self.tokenizer = from_pretrained(load, NAME_KEY, self.name_or_path, "tokenizer_config.json")
         self.pad_token_id = self.tokenizer.pad_token_id
         self.vocab_size = len(self.tokenizer)
 
@@ -55,10 +67,12 @@ class HFTokenizer(Tokenizer):
         return f"HFTokenizer({self.name_or_path!r}, context_length={self.context_length})"
 
 
-def _build_encoder(model_name_or_path: str | None, config: dict | None, pretrained: bool) -> nn.Module:
-    # The encoder's own pooler (BERT's dense + tanh) is never used; dropping it keeps DDP free of
-    # unused parameters.
-    extra = {"add_pooling_layer": False}
+def _build_encoder(
+    model_name_or_path: str | None, config: dict | None, pretrained: bool, with_pooler: bool
+) -> nn.Module:
+    # The encoder's own pooler (BERT's dense + tanh) exists only for `cls` pooling, which returns it as
+    # open_clip's `cls_pooler` does; otherwise it would be an unused parameter under DDP.
+    extra = {"add_pooling_layer": with_pooler}
     if config is not None:
         settings = dict(config)
         hf_config = AutoConfig.for_model(settings.pop("model_type"), **settings)
@@ -66,14 +80,16 @@ def _build_encoder(model_name_or_path: str | None, config: dict | None, pretrain
     elif model_name_or_path is None:
         raise ValueError("HFTextTower needs model_name_or_path or config")
     elif pretrained:
-        build = lambda **kw: AutoModel.from_pretrained(model_name_or_path, **kw)
+        build = lambda **kw: from_pretrained(AutoModel.from_pretrained, NAME_KEY, model_name_or_path, **kw)
     else:
-        hf_config = AutoConfig.from_pretrained(model_name_or_path)
+        hf_config = from_pretrained(AutoConfig.from_pretrained, NAME_KEY, model_name_or_path)
         build = lambda **kw: AutoModel.from_config(hf_config, **kw)
     try:
-        return build(**extra)
+        model = build(**extra)
     except TypeError:  # encoders without a pooling layer do not take the argument
-        return build()
+        model = build()
+    # Encoder-decoder models (T5, mT5) contribute their encoder only, as in open_clip.
+    return model.encoder if getattr(model.config, "is_encoder_decoder", False) else model
 
 
 def _find_layers(model: nn.Module, count: int) -> nn.ModuleList:
@@ -87,9 +103,14 @@ def _find_layers(model: nn.Module, count: int) -> nn.ModuleList:
 class HFTextTower(nn.Module, TextTower):
     """`forward(tokens [B, L]) -> [B, output_dim]`; padding (the model's `pad_token_id`) is masked out.
 
-    Poolers: `mean` over non-padding tokens, `cls` (first token's last hidden state, no extra pooler
-    layer), `max` over non-padding tokens, `last` (last non-padding token, for decoder-style models).
-    Projections: `linear` (no bias), `mlp` (hidden (d + E) / 2, GELU), `none` (output_dim = hidden size).
+    Poolers, as open_clip's HFTextEncoder computes them (its names, e.g. `cls_pooler`, work too): `mean`
+    over non-padding tokens; `max` over non-padding tokens (open_clip's `max_pooler` cannot run: it calls
+    `masked_fill` with an integer mask); `cls`: the encoder's pooler output (BERT's dense + tanh over the
+    first token) where the architecture has a pooler, else the first token's last hidden state;
+    `cls_last_hidden_state`: the first token's last hidden state; `last` (cliplab only, for decoder-style
+    models): the last non-padding token.
+    Projections: `linear` (no bias), `mlp` (hidden (d + E) / 2, GELU), `none` (output_dim = hidden size;
+    open_clip's `hf_proj_type: null` with hidden size = embed_dim).
     """
 
     def __init__(
@@ -104,17 +125,19 @@ class HFTextTower(nn.Module, TextTower):
         context_length: int | None = None,  # compared with the tokenizer's (validate); unused here
     ):
         super().__init__()
+        pooler = OPENCLIP_POOLER_NAMES.get(pooler, pooler)
         if pooler not in POOLERS:
-            raise ValueError(f"unknown pooler {pooler!r}; expected one of {POOLERS}")
+            expected = (*POOLERS, *OPENCLIP_POOLER_NAMES)
+            raise ValueError(f"unknown pooler {pooler!r}; expected one of {expected}")
         if proj not in PROJECTIONS:
             raise ValueError(f"unknown proj {proj!r}; expected one of {PROJECTIONS}")
         if isinstance(config, DictConfig):
             config = OmegaConf.to_container(config, resolve=True)
-        self.transformer = _build_encoder(model_name_or_path, config, pretrained)
+        self.transformer = _build_encoder(model_name_or_path, config, pretrained, with_pooler=pooler == "cls")
         hf_config = self.transformer.config
         width = hf_config.hidden_size
         self.pad_token_id = hf_config.pad_token_id if hf_config.pad_token_id is not None else 0
-        self.pooler = pooler
+        self.pooler, self.proj_type = pooler, proj
         if proj == "linear":
             self.proj = nn.Linear(width, embed_dim, bias=False)
         elif proj == "mlp":
@@ -128,8 +151,12 @@ class HFTextTower(nn.Module, TextTower):
         self._layers = [_find_layers(self.transformer, hf_config.num_hidden_layers)]  # list: not a submodule
         self.set_grad_checkpointing(grad_checkpointing)
 
-    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.pooler == "cls":
+    def pool(self, output, mask: torch.Tensor) -> torch.Tensor:
+        """The pooled feature of the encoder's `output` (its `last_hidden_state`, `pooler_output`)."""
+        hidden = output.last_hidden_state
+        if self.pooler == "cls" and getattr(output, "pooler_output", None) is not None:
+            return output.pooler_output
+        if self.pooler in ("cls", "cls_last_hidden_state"):
             return hidden[:, 0]
         if self.pooler == "last":
             last = mask.long().cumsum(dim=1).argmax(dim=1)  # index of the last non-padding token
@@ -141,21 +168,24 @@ class HFTextTower(nn.Module, TextTower):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         mask = tokens != self.pad_token_id
-        hidden = self.transformer(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
-        return self.proj(self.pool(hidden, mask))
+        output = self.transformer(input_ids=tokens, attention_mask=mask.long())
+        return self.proj(self.pool(output, mask))
 
     # ---- tower contract (docs/contracts.md) ----
 
     def lock(self, unlocked_groups: int = 0, freeze_norm_stats: bool = False) -> None:
         """Freeze all but the last `unlocked_groups` groups: embeddings (and any other encoder parameters
-        outside the blocks), each encoder block, the projection. `freeze_norm_stats` is accepted for the
-        common contract; LayerNorm keeps no running statistics."""
+        before the blocks), each encoder block, the head (the encoder's pooler, used by `cls`, and the
+        projection). `freeze_norm_stats` is accepted for the common contract; LayerNorm keeps no running
+        statistics."""
         layers = self._layers[0]
-        in_layers = {id(p) for p in layers.parameters()}
+        pooler = getattr(self.transformer, "pooler", None)
+        head = [*(pooler.parameters() if pooler is not None else []), *self.proj.parameters()]
+        later = {id(p) for p in [*layers.parameters(), *head]}
         groups = [
-            [p for p in self.transformer.parameters() if id(p) not in in_layers],
+            [p for p in self.transformer.parameters() if id(p) not in later],
             *[list(layer.parameters()) for layer in layers],
-            list(self.proj.parameters()),
+            head,
         ]
         for index, params in enumerate(groups):
             trainable = unlocked_groups > 0 and index >= len(groups) - unlocked_groups

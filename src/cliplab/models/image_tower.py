@@ -220,6 +220,8 @@ class TimmImageTower(nn.Module, ImageTower):
         if act is not None:
             # Ours for QuickGELU (fewer memory passes than timm's); same module name, no weights.
             timm_kwargs["act_layer"] = QuickGELU if act == "quick_gelu" else act
+        # Extra timm.create_model arguments, kept for the open_clip export (its TimmModel passes none).
+        self.timm_kwargs = dict(timm_kwargs)
         request = _Request(
             model_name=model_name,
             embed_dim=embed_dim,

@@ -1,12 +1,15 @@
 """One multirun job of a sweep: skip it when finished, resume it when interrupted, name its W&B run.
 
-`pipeline.train` calls `start_job(cfg)` first. Outside a multirun (or with `+sweep_resume=false`) it does
-nothing, so a plain `python src/train.py` never picks up an old run by accident.
+`pipeline.train` calls `start_job(cfg)` right after validating `cfg`, and trains with the config it returns
+(the caller's `cfg` is never edited). Outside a multirun (or with `+sweep_resume=false`) the returned config
+is the one given, so a plain `python src/train.py` never picks up an old run by accident.
 """
 
+import copy
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
@@ -68,25 +71,35 @@ def _name_wandb_run(cfg: DictConfig, sweep_dir: str | None, job_name: str | None
         wandb_cfg.config = {"sweep": Path(sweep_dir).name if sweep_dir else None, **overrides}
 
 
-def start_job(cfg: DictConfig) -> dict | None:
-    """Called at the start of `pipeline.train`. Returns the saved metrics of a finished job (skip it), else
-    None after pointing `ckpt_path` at the job's newest complete checkpoint (a file, or an FSDP2 / DeepSpeed
-    folder) when an earlier attempt left one; `pipeline.train` refuses it if it could run code."""
+@dataclass(frozen=True)
+class JobStart:
+    """What a sweep job starts from: the config to train with, or the metrics of a finished job."""
+
+    cfg: DictConfig
+    finished: dict | None = None  # saved metrics: the job is done, skip it
+
+
+def start_job(cfg: DictConfig) -> JobStart:
+    """The job's config: a copy of `cfg` with `ckpt_path` pointing at the job's newest complete checkpoint
+    (a file, or an FSDP2 / DeepSpeed folder) when an earlier attempt left one, and its W&B run named;
+    `pipeline.train` refuses that checkpoint if loading it could run code. A finished job returns its
+    saved metrics instead."""
     multirun, sweep_dir, job_name = _hydra_job()
     enabled = cfg.get("sweep_resume")
     if not (multirun if enabled is None else enabled):
-        return None
+        return JobStart(cfg)
     job_dir = Path(cfg.paths.output_dir)
     if is_finished(job_dir):
         log.info("sweep job %s already finished (%s): skipped", job_name or job_dir, METRICS_FILE)
-        return read_metrics(job_dir)
+        return JobStart(cfg, finished=read_metrics(job_dir))
+    job_cfg = copy.deepcopy(cfg)
     last = newest_checkpoint(job_dir / "checkpoints")
-    if cfg.get("ckpt_path") is None and last is not None:
+    if job_cfg.get("ckpt_path") is None and last is not None:
         log.info("sweep job %s resumes from %s", job_name or job_dir, last)
-        cfg.ckpt_path = str(last)
-    _name_wandb_run(cfg, sweep_dir, job_name, job_dir)
+        job_cfg.ckpt_path = str(last)
+    _name_wandb_run(job_cfg, sweep_dir, job_name, job_dir)
     write_status(job_dir, "running", overrides=job_name)
-    return None
+    return JobStart(job_cfg)
 
 
 def is_multirun() -> bool:

@@ -56,32 +56,31 @@ class Concept:
     novel: bool = False
 
 
-def dataset_name(image_size: int, *, extra_styles=False, limit=None, holdout_style=DEFAULT_HOLDOUT, seed=0):
-    name = f"{VERSION}-{image_size}px"
+def _variant(*, extra_styles, limit, holdout_style, seed) -> list[tuple[str, str]]:
+    """(cache-name suffix, command-line flag) of each option that differs from the default build."""
+    parts = []
     if extra_styles:
-        name += "-extra"
+        parts.append(("-extra", " --extra-styles"))
     if holdout_style != DEFAULT_HOLDOUT:
-        name += f"-holdout-{holdout_style}"
+        parts.append((f"-holdout-{holdout_style}", f" --holdout-style {holdout_style}"))
     if seed:
-        name += f"-seed{seed}"
+        parts.append((f"-seed{seed}", f" --seed {seed}"))
     if limit:
-        name += f"-limit{limit}"
-    return name
+        parts.append((f"-limit{limit}", f" --limit {limit}"))
+    return parts
+
+
+def dataset_name(image_size: int, *, extra_styles=False, limit=None, holdout_style=DEFAULT_HOLDOUT, seed=0):
+    parts = _variant(extra_styles=extra_styles, limit=limit, holdout_style=holdout_style, seed=seed)
+    return f"{VERSION}-{image_size}px" + "".join(suffix for suffix, _ in parts)
 
 
 def rebuild_command(
     image_size: int, *, extra_styles=False, limit=None, holdout_style=DEFAULT_HOLDOUT, seed=0
 ):
-    cmd = f"python -m cliplab.data.emoji --image-size {image_size}"
-    if extra_styles:
-        cmd += " --extra-styles"
-    if holdout_style != DEFAULT_HOLDOUT:
-        cmd += f" --holdout-style {holdout_style}"
-    if seed:
-        cmd += f" --seed {seed}"
-    if limit:
-        cmd += f" --limit {limit}"
-    return cmd + " --force"
+    parts = _variant(extra_styles=extra_styles, limit=limit, holdout_style=holdout_style, seed=seed)
+    flags = "".join(flag for _, flag in parts)
+    return f"python -m cliplab.data.emoji --image-size {image_size}{flags} --force"
 
 
 def _stable_hash(*parts) -> str:

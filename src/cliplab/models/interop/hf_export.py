@@ -1,7 +1,10 @@
 """Write a cliplab CLIP (CLIP ViT image tower + CLIP text tower) as a Hugging Face `CLIPModel` directory.
 
-`transformers.CLIPModel.from_pretrained(<dir>)` loads it. HF's CLIP has no ResNet, timm or attention-pool
-image towers and no `logit_bias`; those models are refused with the reason.
+`transformers.CLIPModel.from_pretrained(<dir>)` loads it, and with the tokenizer and image-processor files
+written beside it (`hf_processor`) so do `CLIPProcessor` and `pipeline("zero-shot-image-classification")`.
+HF's CLIP pools the class token of a ViT and the first end-of-text token of the CLIP text transformer,
+and has no `logit_bias`: mean-pooled ViTs, ResNet and other timm towers, Hugging Face text towers and
+sigmoid-loss models are refused with one line saying why (open_clip's layout takes most of them).
 """
 
 import re
@@ -10,8 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cliplab.models.interop.openclip_export import text_cfg, to_openclip_state_dict, vision_cfg
-from cliplab.models.interop.visual_keys import tower_kind
+from cliplab.models.interop.hf_processor import save_clip_image_processor, save_clip_tokenizer
+from cliplab.models.interop.openclip_export import OPENAI_MEAN, OPENAI_STD, to_openclip_state_dict
+from cliplab.models.interop.openclip_towers import ExportError, clip_text_cfg, is_hf_text_tower, vision_cfg
+from cliplab.models.interop.visual_keys import tower_kind, vit_pooling
 
 _BLOCK_RENAMES = [
     (r"\.ln_1\.", ".layer_norm1."),
@@ -64,15 +69,31 @@ def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def hf_clip_refusal(model: nn.Module) -> str | None:
+    """Why HF's CLIPModel cannot express `model` (one line, naming the way out), or None."""
+    kind = tower_kind(model.visual)
+    if kind != "vit":
+        what = "a CLIP ResNet" if kind == "rn" else f"{getattr(model.visual, 'model_name', 'another')} tower"
+        return f"HF CLIPModel has only CLIP-layout ViT image towers, this is {what}: export it to open_clip"
+    if vit_pooling(model.visual)[0] != "tok":
+        return "HF CLIPModel pools a ViT's class token, this one the mean of its patch tokens: export it to open_clip"
+    if is_hf_text_tower(model.text):
+        return "HF CLIPModel's text model is the CLIP transformer, not a Hugging Face encoder: export it to open_clip"
+    if getattr(model, "logit_bias", None) is not None:
+        return (
+            "HF CLIPModel has no logit_bias (sigmoid-loss models map to SiglipModel): export it to open_clip"
+        )
+    return None
+
+
 def hf_clip_config(model: nn.Module):
     from transformers import CLIPConfig
 
-    if tower_kind(model.visual) != "vit":
-        raise ValueError("HF CLIPModel has only ViT image towers (CLIP layout: token pool, linear proj)")
-    if getattr(model, "logit_bias", None) is not None:
-        raise ValueError("HF CLIPModel has no logit_bias (sigmoid-loss models map to SiglipModel)")
+    refusal = hf_clip_refusal(model)
+    if refusal:
+        raise ExportError(refusal)
     vcfg, v_quick = vision_cfg(model.visual)
-    tcfg, t_quick = text_cfg(model.text)
+    tcfg, t_quick = clip_text_cfg(model.text)
     text_config = dict(
         vocab_size=tcfg["vocab_size"],
         hidden_size=tcfg["width"],
@@ -103,12 +124,14 @@ def hf_clip_config(model: nn.Module):
         text_config=text_config,
         vision_config=vision_config,
         projection_dim=model.embed_dim,
-        logit_scale_init_value=float(model.logit_scale),
+        logit_scale_init_value=float(model.logit_scale.detach()),
     )
 
 
-def export_hf_clip(model: nn.Module, out_dir: str | Path) -> Path:
-    """Save as a `CLIPModel` directory (config.json + model.safetensors); returns the dir."""
+def export_hf_clip(model: nn.Module, out_dir: str | Path, mean=OPENAI_MEAN, std=OPENAI_STD) -> Path:
+    """Save as a `CLIPModel` directory: config.json + model.safetensors, the tokenizer files and
+    preprocessor_config.json (the model's image size, `mean` / `std`); returns the dir. Raises
+    `ExportError` (one line) for models CLIPModel cannot express."""
     from transformers import CLIPModel
 
     hf = CLIPModel(hf_clip_config(model))
@@ -119,4 +142,6 @@ def export_hf_clip(model: nn.Module, out_dir: str | Path) -> Path:
         raise RuntimeError(f"HF conversion mismatch: missing {missing}, unexpected {result.unexpected_keys}")
     out = Path(out_dir)
     hf.save_pretrained(out)
+    save_clip_tokenizer(out, context_length=model.text.context_length)
+    save_clip_image_processor(out, hf.config.vision_config.image_size, mean, std)
     return out

@@ -20,6 +20,43 @@ NAMED_SIGNATURES = {
 }
 
 
+# Where each layout keeps what the signature reads: OpenAI/open_clip names first, then cliplab's (timm).
+_VIT_LAYOUTS = (  # (class token, patch conv, position table, block pattern, projection, its embed axis)
+    (
+        "visual.class_embedding",
+        "visual.conv1.weight",
+        "visual.positional_embedding",
+        r"visual\.transformer\.resblocks\.(\d+)\.",
+        "visual.proj",
+        1,
+    ),
+    (
+        "visual.trunk.cls_token",
+        "visual.trunk.patch_embed.proj.weight",
+        "visual.trunk.pos_embed",
+        r"visual\.trunk\.blocks\.(\d+)\.",
+        "visual.head.proj.weight",
+        0,
+    ),
+)
+_RN_LAYOUTS = (  # (attention-pool positions, stem's last conv, stage block pattern, first stage, projection)
+    (
+        "visual.attnpool.positional_embedding",
+        "visual.conv3.weight",
+        r"visual\.layer{}\.(\d+)\.",
+        1,
+        "visual.attnpool.c_proj.weight",
+    ),
+    (
+        "visual.trunk.head.pos_embed",
+        "visual.trunk.stem.conv3.conv.weight",
+        r"visual\.trunk\.stages\.{}\.(\d+)\.",
+        0,
+        "visual.trunk.head.proj.weight",
+    ),
+)
+
+
 def _count(state, pattern: str) -> int:
     found = {m[1] for k in state if (m := re.match(pattern, k))}
     return len(found)
@@ -33,32 +70,17 @@ def signature(state: dict[str, torch.Tensor]) -> tuple | None:
     s = state
     text = s.get("text.token_embedding.weight", s.get("token_embedding.weight"))
     text_width = None if text is None else text.shape[1]
-    if "visual.class_embedding" in s:
-        width = s["visual.class_embedding"].shape[0]
-        patch = s["visual.conv1.weight"].shape[-1]
-        grid = round((s["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-        layers = _count(s, r"visual\.transformer\.resblocks\.(\d+)\.")
-        embed = s["visual.proj"].shape[1] if "visual.proj" in s else None
-        return ("vit", width, layers, patch, grid * patch, embed, text_width)
-    if "visual.trunk.cls_token" in s:
-        width = s["visual.trunk.cls_token"].shape[-1]
-        patch = s["visual.trunk.patch_embed.proj.weight"].shape[-1]
-        grid = round((s["visual.trunk.pos_embed"].shape[1] - 1) ** 0.5)
-        layers = _count(s, r"visual\.trunk\.blocks\.(\d+)\.")
-        embed = s["visual.head.proj.weight"].shape[0] if "visual.head.proj.weight" in s else None
-        return ("vit", width, layers, patch, grid * patch, embed, text_width)
-    if "visual.attnpool.positional_embedding" in s:
-        width = s["visual.conv3.weight"].shape[0]
-        layers = tuple(_count(s, rf"visual\.layer{i}\.(\d+)\.") for i in range(1, 5))
-        grid = round((s["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
-        embed = s["visual.attnpool.c_proj.weight"].shape[0]
-        return ("rn", width, layers, None, grid * 32, embed, text_width)
-    if "visual.trunk.head.pos_embed" in s and "visual.trunk.stem.conv3.conv.weight" in s:
-        width = s["visual.trunk.stem.conv3.conv.weight"].shape[0]
-        layers = tuple(_count(s, rf"visual\.trunk\.stages\.{i}\.(\d+)\.") for i in range(4))
-        grid = round((s["visual.trunk.head.pos_embed"].shape[0] - 1) ** 0.5)
-        embed = s["visual.trunk.head.proj.weight"].shape[0]
-        return ("rn", width, layers, None, grid * 32, embed, text_width)
+    for cls, patch_conv, positions, blocks, proj, embed_axis in _VIT_LAYOUTS:
+        if cls in s:
+            patch = s[patch_conv].shape[-1]
+            grid = round((s[positions].shape[-2] - 1) ** 0.5)
+            embed = s[proj].shape[embed_axis] if proj in s else None
+            return ("vit", s[cls].shape[-1], _count(s, blocks), patch, grid * patch, embed, text_width)
+    for positions, stem_conv, stage_blocks, first_stage, proj in _RN_LAYOUTS:
+        if positions in s and stem_conv in s:
+            layers = tuple(_count(s, stage_blocks.format(first_stage + i)) for i in range(4))
+            grid = round((s[positions].shape[-2] - 1) ** 0.5)
+            return ("rn", s[stem_conv].shape[0], layers, None, grid * 32, s[proj].shape[0], text_width)
     return None
 
 

@@ -39,6 +39,11 @@ def to_cliplab_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> d
     out.update({f"visual.{k}": v for k, v in openai_visual_to_tower(state, model.visual).items()})
 
     expected = model.state_dict()
+    # open_clip's HFTextEncoder built from a config object keeps the encoder's pooler even when its pooling
+    # never reads it (mean, max, cls_last_hidden_state): dead weights, dropped where our tower has none.
+    unused_pooler = [k for k in out if k.startswith("text.transformer.pooler.") and k not in expected]
+    for key in unused_pooler:
+        del out[key]
     for name in ("logit_scale", "logit_bias"):
         if name in out and name in expected:
             out[name] = out[name].reshape(expected[name].shape)  # scalar vs 1-element tensors

@@ -17,17 +17,25 @@ OPENAI_RN_MARKER = "visual.attnpool.positional_embedding"
 
 
 def tower_kind(tower: nn.Module) -> str:
-    """'vit' (a CLIP-layout ViT with a bias-free linear projection), 'rn' (CLIP ResNet), or 'other'."""
+    """'vit' (a CLIP-layout ViT: pre-norm, class token, bias-free linear projection; pooled by its class
+    token or by the mean of its patch tokens), 'rn' (CLIP ResNet), or 'other'."""
     trunk = getattr(tower, "trunk", None)
     head = getattr(tower, "head", None)
     if isinstance(trunk, vision_transformer.VisionTransformer):
-        clip_like = not isinstance(trunk.norm_pre, nn.Identity) and trunk.global_pool == "token"
+        clip_like = not isinstance(trunk.norm_pre, nn.Identity) and trunk.global_pool in ("token", "avg")
         if clip_like and head is not None and hasattr(head, "proj") and len(list(head.children())) == 1:
             return "vit"
     own_attn_pool = isinstance(trunk, byobnet.ByobNet) and isinstance(trunk.head, byobnet.AttentionPool2d)
     if own_attn_pool and head is not None and not list(head.children()):
         return "rn"
     return "other"
+
+
+def vit_pooling(tower: nn.Module) -> tuple[str, bool]:
+    """open_clip's names for a CLIP-layout ViT's pooling: `pool_type` ("tok" or "avg") and
+    `final_ln_after_pool` (timm's `fc_norm`: the final LayerNorm after the mean, not before it)."""
+    trunk = tower.trunk
+    return ("tok" if trunk.global_pool == "token" else "avg"), not isinstance(trunk.fc_norm, nn.Identity)
 
 
 # ---- OpenAI -> cliplab ---------------------------------------------------------------------------------
@@ -46,6 +54,11 @@ def openai_visual_to_tower(state: dict[str, torch.Tensor], tower: nn.Module) -> 
         trunk_state = vision_transformer._convert_openai_clip(visual, tower.trunk, prefix="visual.")
         trunk_state.pop("head.weight", None)
         trunk_state.pop("head.bias", None)
+        if vit_pooling(tower)[1]:  # OpenAI's ln_post is timm's fc_norm when it follows the mean pool
+            trunk_state = {
+                k.replace("norm.", "fc_norm.", 1) if k.startswith("norm.") else k: v
+                for k, v in trunk_state.items()
+            }
         pos = trunk_state["pos_embed"]
         grid = tower.trunk.patch_embed.grid_size
         if pos.shape[1] != 1 + grid[0] * grid[1]:
@@ -78,6 +91,7 @@ _VIT_RENAMES = [
     (r"^trunk\.patch_embed\.proj\.", "conv1."),
     (r"^trunk\.norm_pre\.", "ln_pre."),
     (r"^trunk\.norm\.", "ln_post."),
+    (r"^trunk\.fc_norm\.", "ln_post."),  # mean-pooled ViTs normalise after the pool (final_ln_after_pool)
     (r"^trunk\.blocks\.(\d+)\.norm(\d)\.", r"transformer.resblocks.\1.ln_\2."),
     (r"^trunk\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", r"transformer.resblocks.\1.attn.in_proj_\2"),
     (r"^trunk\.blocks\.(\d+)\.attn\.proj\.", r"transformer.resblocks.\1.attn.out_proj."),
