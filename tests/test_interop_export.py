@@ -52,8 +52,8 @@ def _perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def tiny_model() -> CLIP:
-    with initialize_config_dir(config_dir=str(CONF / "model"), version_base=None):
-        cfg = compose(config_name="tiny")
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(config_name="model/tiny").model  # from conf/: the bases pick /model/tokenizer
     torch.manual_seed(0)
     return _perturbed(build_clip(cfg))
 
