@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from cliplab.utils.flops import train_flops_per_sample  # the count the training module logs
+from cliplab.models.flops import train_flops_per_sample  # the count the training module logs
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 LEVERS = ("fused", "foreach", "compile", "recompute", "nchw")  # extra rows of `--levers` (see `cases`)

@@ -30,15 +30,13 @@ def classifier_checksum(classifier: torch.Tensor) -> float:
 def builder(side: str, model_cfg: dict, state: dict, templates: list):
     """A function class names -> [E, C] classifier, for one side."""
     if side == "cliplab":
-        from hydra.utils import instantiate
-
         from cliplab.eval.zeroshot import build_zeroshot_classifier
+        from cliplab.models.build import build_clip, build_tokenizer
         from cliplab.models.interop import load_openclip_state_dict
-        from cliplab.models.tokenizer import CLIPTokenizer
 
-        model = instantiate(model_cfg, _convert_="object")
+        model = build_clip(model_cfg)
         load_openclip_state_dict(model, state)
-        tokenizer = CLIPTokenizer(model_cfg["context_length"])
+        tokenizer = build_tokenizer(model_cfg)
         return lambda names: build_zeroshot_classifier(model.eval(), tokenizer, names, templates, 1024, "cpu")
     from open_clip.model import CLIP
     from open_clip.tokenizer import SimpleTokenizer

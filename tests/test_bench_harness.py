@@ -169,7 +169,7 @@ def test_matmul_peak_is_positive_flops():
 def test_benchmarks_count_flops_as_training_does():
     # one FLOP count for the MFU of the benchmarks and of training runs (ClipThroughputMonitor)
     from bench import bench_train_step
-    from cliplab.utils import flops
+    from cliplab.models import flops
 
     assert bench_train_step.train_flops_per_sample is flops.train_flops_per_sample
 

@@ -2,7 +2,7 @@
 
 import logging
 
-import cliplab.utils.flops as flops
+import cliplab.models.flops as flops
 from cliplab.lit.module import CLIPModule
 from cliplab.sweeps import collect
 from tests._mp_train_script import LOSS, MODEL, OPTIM

@@ -27,10 +27,10 @@ from cliplab.models.interop import (
 from cliplab.models.interop.openclip_towers import ExportError
 from cliplab.models.text_tower import CLIPTextTower
 from cliplab.models.tokenizer import CLIPTokenizer
+from tests._tiny_bert import VOCAB
 from tests.conftest import CONF
 from tests.test_interop import RN, VIT, cliplab_model, inputs, open_clip_model
 from tests.test_interop_hf import ENCODERS, tokens_for
-from tests.test_text_towers import _VOCAB
 
 CAPTIONS = [
     "a photo of a cat",
@@ -52,8 +52,8 @@ def _perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def tiny_model() -> CLIP:
-    with initialize_config_dir(config_dir=str(CONF / "model"), version_base=None):
-        cfg = compose(config_name="tiny")
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(config_name="model/tiny").model  # from conf/: the bases pick /model/tokenizer
     torch.manual_seed(0)
     return _perturbed(build_clip(cfg))
 
@@ -134,7 +134,7 @@ def bert_tokenizer_dir(tmp_path_factory):
     from transformers import BertTokenizer
 
     path = tmp_path_factory.mktemp("bert_tokenizer")
-    BertTokenizer(vocab={token: i for i, token in enumerate(_VOCAB)}).save_pretrained(path)
+    BertTokenizer(vocab={token: i for i, token in enumerate(VOCAB)}).save_pretrained(path)
     return path
 
 
@@ -145,7 +145,7 @@ HF_EXPORTS = [("bert", "cls", "mlp"), ("xlm-roberta", "mean", "linear"), ("mt5",
 def test_hf_text_towers_export_to_open_clip(tmp_path, bert_tokenizer_dir, arch, pooler, proj):
     image = cliplab_model(VIT).visual
     # BERT gets the vocabulary of the tokenizer files; the others are fed token ids directly.
-    config = dict(ENCODERS[arch], vocab_size=len(_VOCAB)) if arch == "bert" else dict(ENCODERS[arch])
+    config = dict(ENCODERS[arch], vocab_size=len(VOCAB)) if arch == "bert" else dict(ENCODERS[arch])
     torch.manual_seed(0)
     ours = _perturbed(
         CLIP(image, HFTextTower(32, config=config, pooler=pooler, proj=proj), 32, context_length=12)

@@ -77,7 +77,7 @@ def test_missing_file_is_named(tmp_path):
 def meta_model(name: str):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name=f"model/{name}", overrides=["model.text_tower.tokenizer=null"])
+        cfg = compose(config_name=f"model/{name}")  # build_clip builds no tokenizer
     with torch.device("meta"):
         return build_clip(cfg.model)
 

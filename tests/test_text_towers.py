@@ -7,12 +7,12 @@ import open_clip
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from open_clip.model import CLIP as OpenClipCLIP
 from open_clip.model import resize_text_pos_embed as open_clip_resize_text_pos_embed
 
 from cliplab.models.hf_text_tower import HFTextTower, HFTokenizer
 from cliplab.models.text_tower import CLIPTextTower, resize_text_pos_embed
+from tests._tiny_bert import TINY_BERT, VOCAB, save_tiny_bert_tokenizer
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model" / "text_tower"
 TEXTS = ["a photo of a cat", "", "a very long caption " * 30, "naïve café 😀 日本語"]
@@ -111,135 +111,45 @@ def test_resize_positional_embedding_matches_open_clip_and_loads():
     assert torch.allclose(target.positional_embedding.detach(), resized, atol=1e-6)
 
 
-# ---- tower contract over every YAML in conf/model/text_tower/ ----
-
-# Settings that make a tower small enough to run a forward pass in a test, by target class.
-_SHRINK = {
-    "cliplab.models.text_tower.CLIPTextTower": {"width": 64, "heads": 4, "layers": 2},
-    "cliplab.models.hf_text_tower.HFTextTower": {},  # built from a tiny config (see _hf_overrides)
-}
+# The contract of every text-tower YAML (and its tokenizer) is checked in tests/test_contracts.py.
 
 
-def _compose(yaml_path: Path, embed_dim: int, context_length: int, **overrides):
-    """Place the tower under `model.text_tower` as a named model file would, so `${..x}` resolves.
-
-    Hydra composes the file (its `defaults` bring in the group's base, conf/model/text_tower/_base.yaml).
-    """
+def _compose(name: str, embed_dim: int, context_length: int):
+    """The tower as a named model holds it (Hydra composes its `defaults`, the group's bases)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR.parents[1]), version_base="1.3"):
-        node = compose(
-            config_name="model/tiny", overrides=[f"model/text_tower={yaml_path.stem}"]
-        ).model.text_tower
-    for key, value in overrides.items():
-        node[key] = value
-    root = OmegaConf.create({"model": {"embed_dim": embed_dim, "context_length": context_length}})
-    root.model.text_tower = node
-    return root
-
-
-# Files starting with `_` are the bases the towers compose (conf/model/text_tower/_base.yaml), not towers.
-TOWER_YAMLS = sorted(p for p in CONF_DIR.glob("*.yaml") if not p.stem.startswith("_"))
-
-
-@pytest.mark.parametrize("yaml_path", TOWER_YAMLS, ids=lambda p: p.stem)
-def test_tower_contract(yaml_path, tiny_hf_tokenizer_dir):
-    target = _compose(yaml_path, embed_dim=48, context_length=16).model.text_tower._target_
-    is_hf = target.startswith("cliplab.models.hf_text_tower.")
-    # HF towers: no hub offline, so a tiny encoder from config and a tokenizer saved in tmp_path.
-    overrides = _hf_overrides(tiny_hf_tokenizer_dir) if is_hf else {}
-    cfg = _compose(yaml_path, embed_dim=48, context_length=16, **overrides)
-    node = cfg.model.text_tower
-    assert node.embed_dim == 48 and node.context_length == 16
-    assert node.tokenizer.context_length == 16
-    assert node._target_ in _SHRINK, "add shrink settings for this tower class"
-
-    tokenizer = instantiate(node.tokenizer)
-    tokens = tokenizer(TEXTS)
-    assert tokens.dtype == torch.long and tokens.shape == (len(TEXTS), 16)
-    assert isinstance(tokenizer.pad_token_id, int) and tokenizer.vocab_size > 0
-    assert tokenizer.eot_token_id is None or isinstance(tokenizer.eot_token_id, int)
-
-    # The full-size tower is only built on the meta device (no memory, no compute).
-    with torch.device("meta"):
-        full = instantiate(node, tokenizer=None)
-    assert full.output_dim == 48
-
-    small_node = _compose(yaml_path, 48, 16, **overrides, **_SHRINK[node._target_]).model.text_tower
-    small = instantiate(small_node, tokenizer=None)
-    out = small(tokens)
-    assert out.shape == (len(TEXTS), small.output_dim) and torch.isfinite(out).all()
-    names = {n for n, _ in small.named_parameters()}
-    assert small.no_weight_decay() <= names
-    assert any(isinstance(m, small.block_classes()) for m in small.modules())
-    small.set_grad_checkpointing(True)
-    small.train()
-    small(tokens).sum().backward()
-    small.lock(unlocked_groups=0, freeze_norm_stats=True)
-    assert not any(p.requires_grad for p in small.parameters())
+        overrides = [f"model/text_tower={name}", f"model.embed_dim={embed_dim}"]
+        return compose(
+            config_name="model/tiny", overrides=[*overrides, f"model.context_length={context_length}"]
+        )
 
 
 def test_paper_text_tower_sizes():
     """Parameter counts of OpenAI's text towers (ViT-B/32: 63.43M with embed 512, context 77)."""
     expected = {"clip_b": (512, 63.43), "clip_l": (768, 123.65)}
     for name, (embed_dim, millions) in expected.items():
-        cfg = _compose(CONF_DIR / f"{name}.yaml", embed_dim=embed_dim, context_length=77)
+        cfg = _compose(name, embed_dim=embed_dim, context_length=77)
         with torch.device("meta"):
-            tower = instantiate(cfg.model.text_tower, tokenizer=None)
+            tower = instantiate(cfg.model.text_tower)
         assert round(sum(p.numel() for p in tower.parameters()) / 1e6, 2) == millions, name
 
 
 # ---- Hugging Face towers (tiny encoders built from config; the hub is unreachable in tests) ----
 
-_VOCAB = [
-    "[PAD]",
-    "[UNK]",
-    "[CLS]",
-    "[SEP]",
-    "[MASK]",
-    "a",
-    "photo",
-    "of",
-    "cat",
-    "dog",
-    "the",
-    "very",
-    "long",
-]
-_VOCAB += ["caption", "##s", "na", "##ive", "cafe", ",", "."]
-_TINY_BERT = dict(
-    model_type="bert",
-    vocab_size=len(_VOCAB),
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=64,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-)
-
 
 @pytest.fixture(scope="module")
 def tiny_hf_tokenizer_dir(tmp_path_factory) -> Path:
-    from transformers import BertTokenizer
-
-    path = tmp_path_factory.mktemp("tiny_bert_tokenizer")
-    BertTokenizer(vocab={token: i for i, token in enumerate(_VOCAB)}).save_pretrained(path)
-    return path
-
-
-def _hf_overrides(tokenizer_dir: Path) -> dict:
-    return {"model_name_or_path": str(tokenizer_dir), "config": dict(_TINY_BERT)}
+    return save_tiny_bert_tokenizer(tmp_path_factory.mktemp("tiny_bert_tokenizer"))
 
 
 def _hf_tower(
     pooler: str = "mean", proj: str = "linear", config: dict | None = None, **kwargs
 ) -> HFTextTower:
     torch.manual_seed(0)
-    return HFTextTower(48, config=config or dict(_TINY_BERT), pooler=pooler, proj=proj, **kwargs).eval()
+    return HFTextTower(48, config=config or dict(TINY_BERT), pooler=pooler, proj=proj, **kwargs).eval()
 
 
 def test_hf_tokenizer_pads_truncates_and_pickles(tiny_hf_tokenizer_dir):
@@ -248,7 +158,7 @@ def test_hf_tokenizer_pads_truncates_and_pickles(tiny_hf_tokenizer_dir):
     assert tokens.shape == (2, 8) and tokens.dtype == torch.long
     assert tokens[0].tolist() == [2, 5, 6, 7, 5, 8, 3, 0]  # [CLS] a photo of a cat [SEP] [PAD]
     assert tokens[1, -1].item() == 3  # truncation keeps [SEP]
-    assert tokenizer.pad_token_id == 0 and tokenizer.vocab_size == len(_VOCAB)
+    assert tokenizer.pad_token_id == 0 and tokenizer.vocab_size == len(VOCAB)
     assert tokenizer("a cat", context_length=5).shape == (1, 5)
     assert torch.equal(pickle.loads(pickle.dumps(tokenizer))(["a cat"]), tokenizer(["a cat"]))
 
@@ -258,7 +168,7 @@ def test_hf_pooling_matches_transformers_outputs(pooler):
     from transformers import AutoConfig, AutoModel
 
     tower = _hf_tower(pooler=pooler, proj="none")
-    settings = dict(_TINY_BERT)
+    settings = dict(TINY_BERT)
     reference = AutoModel.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings))
     missing = reference.load_state_dict(tower.transformer.state_dict(), strict=False).missing_keys
     assert all(k.startswith("pooler.") for k in missing) and (not missing) == (pooler == "cls")
@@ -281,7 +191,7 @@ def test_hf_pooling_matches_transformers_outputs(pooler):
 
 
 def test_hf_padding_token_of_roberta_is_masked():
-    config = dict(_TINY_BERT, model_type="roberta", pad_token_id=1, max_position_embeddings=66)
+    config = dict(TINY_BERT, model_type="roberta", pad_token_id=1, max_position_embeddings=66)
     tower = _hf_tower(config=config)
     assert tower.pad_token_id == 1
     short = torch.tensor([[0, 5, 6, 7, 2]])
@@ -353,9 +263,10 @@ def test_named_models_compose_text_tower(model_name):
         cfg = compose(config_name=None, overrides=[f"+model={model_name}"])
     node = cfg.model.text_tower
     assert node.embed_dim == cfg.model.embed_dim
-    assert node.context_length == node.tokenizer.context_length == cfg.model.context_length
+    assert node.context_length == cfg.model.tokenizer.context_length == cfg.model.context_length
+    assert "tokenizer" not in node  # beside the towers, at model.tokenizer
     with torch.device("meta"):
-        tower = instantiate(node, tokenizer=None)
+        tower = instantiate(node)
     assert tower.output_dim == cfg.model.embed_dim
 
 

@@ -122,3 +122,34 @@ def test_vocab_from_pip_download(tmp_path, monkeypatch):
     monkeypatch.setattr(bpe_vocab, "_from_installed_open_clip", lambda: None)
     path = bpe_vocab.bpe_vocab_path()
     assert path.stat().st_size == bpe_vocab.VOCAB_SIZE_BYTES
+
+
+# ---- one owner: the training module builds the run's tokenizer from `model.tokenizer` ----
+
+
+def test_checkpoints_with_the_tokenizer_inside_the_text_tower_still_load(tmp_path):
+    """Checkpoints and saved configs from before `model.tokenizer` carry it as `model.text_tower.tokenizer`;
+    they load as before, the tokenizer moved beside the towers (the towers no longer take it)."""
+    from cliplab.checkpoints.load import load_module
+    from cliplab.lit.module import CLIPModule
+    from cliplab.models.build import build_clip, current_layout
+    from tests.test_module_training_step import LOSS, MODEL
+
+    tokenizer_cfg = {"_target_": "cliplab.models.tokenizer.CLIPTokenizer", "context_length": 8}
+    legacy = {**MODEL, "text_tower": {**MODEL["text_tower"], "tokenizer": tokenizer_cfg}}
+    optim = {"_target_": "torch.optim.AdamW", "lr": 1e-3}
+    torch.manual_seed(0)
+    current = CLIPModule(model={**MODEL, "tokenizer": tokenizer_cfg}, loss=LOSS, optim=optim)
+    current.configure_model()
+    old_hparams = {**dict(current.hparams), "model": legacy}
+    torch.save({"state_dict": current.state_dict(), "hyper_parameters": old_hparams}, tmp_path / "old.ckpt")
+
+    module = load_module(tmp_path / "old.ckpt")
+    assert "tokenizer" not in module.hparams.model["text_tower"]
+    assert module.hparams.model["tokenizer"] == tokenizer_cfg
+    assert isinstance(module.tokenizer, CLIPTokenizer) and module.tokenizer.context_length == 8
+    for name, value in current.state_dict().items():
+        assert torch.equal(module.state_dict()[name], value), name
+    # a saved config.yaml of that time builds the same CLIP (its text tower without the tokenizer)
+    assert current_layout(legacy) == {**MODEL, "tokenizer": tokenizer_cfg}
+    assert set(build_clip(legacy).state_dict()) == set(current.model.state_dict())

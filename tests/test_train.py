@@ -21,17 +21,30 @@ TINY = [
 ]
 
 
-def test_fast_dev_run_writes_config(cfg_factory, emoji_ready, tmp_path):
+def test_fast_dev_run_writes_config(cfg_factory, emoji_ready, tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from cliplab.models.tokenizer import CLIPTokenizer
+
+    built = []
+    original_init = CLIPTokenizer.__init__
+    monkeypatch.setattr(
+        CLIPTokenizer, "__init__", lambda self, *a, **k: built.append(original_init(self, *a, **k))
+    )
     cfg = cfg_factory([*TINY, "debug=fast"])
     train(cfg)
     saved = (tmp_path / "config.yaml").read_text()
     assert "${" not in saved, "the saved config must be resolved"
+    # one tokenizer per run: the module's, which the data module and the zero-shot callback use
+    assert len(built) == 1
+    model = OmegaConf.create(saved).model
+    assert model.tokenizer.context_length == model.context_length and "tokenizer" not in model.text_tower
 
 
 def nominal_flops_per_sample(cfg) -> float:
     from omegaconf import OmegaConf
 
-    from cliplab.utils.flops import train_flops_per_sample
+    from cliplab.models.flops import train_flops_per_sample
 
     return train_flops_per_sample(OmegaConf.to_container(cfg.model, resolve=True))
 

@@ -62,6 +62,7 @@ def test_losses_declare_what_they_are(cfg_factory):
         (["accumulation=feature_cache", "trainer=deepspeed"], "DeepSpeed's engine runs the backward"),
         (["model.image_tower.checkpoint_chunks=4"], "model.image_tower.grad_checkpointing=true"),
         (["model.text_tower.checkpoint_chunks=0"], "must be a positive integer"),
+        (["model.tokenizer.context_length=77"], "model.tokenizer.context_length=77 is longer than"),
         (
             [
                 "model/image_tower=timm",

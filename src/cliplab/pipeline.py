@@ -126,16 +126,14 @@ def train(cfg: DictConfig) -> dict:
     cfg = job.cfg
     # `last`, a run directory or a checkpoint: resolved, and refused (one line) if loading could run code
     cfg.ckpt_path = resume_path(cfg)
-    try:
-        tokenizer = instantiate(cfg.model.text_tower.tokenizer)
-    except Exception as err:  # a tokenizer that cannot load its vocabulary is a setup problem
-        raise ConfigError(f"cannot build the tokenizer of model.text_tower: {err}") from err
+    # The module owns the run's one tokenizer (built from model.tokenizer); the data module tokenizes with it.
+    # Building the module builds no tower yet (configure_model does), so seeding after it changes nothing.
+    module = build_module(cfg)
     if cfg.get("keep_freed_host_memory", True):
         keep_freed_memory()  # before the data workers fork: they inherit it
-    datamodule = build_datamodule(cfg, tokenizer)
+    datamodule = build_datamodule(cfg, module.tokenizer)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     ensure_wandb_mode()
-    module = build_module(cfg)
     load_pretrained(module, cfg)
     load_distill_teacher(module, cfg)
     loggers = instantiate_group(cfg.get("logger"))

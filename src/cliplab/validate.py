@@ -226,6 +226,18 @@ def _meta_tower(node):
         return None
 
 
+def check_tokenizer(cfg: DictConfig) -> None:
+    """The tokenizer (`model.tokenizer`, beside the towers) must not make rows longer than the text tower
+    takes: the first long caption would stop the run mid-training."""
+    tokenizer, tower = cfg.model.get("tokenizer") or {}, cfg.model.get("text_tower") or {}
+    length, limit = tokenizer.get("context_length"), tower.get("context_length")
+    if isinstance(length, numbers.Integral) and isinstance(limit, numbers.Integral) and length > limit:
+        raise ConfigError(
+            f"model.tokenizer.context_length={length} is longer than model.text_tower.context_length={limit}; "
+            f"set both with model.context_length, e.g. model.context_length={limit}"
+        )
+
+
 def check_hub_names(cfg: DictConfig) -> None:
     """Offline, a Hugging Face text tower named by hub id (the presets) needs a local folder instead."""
     from cliplab.models.hf_hub import check_reachable
@@ -235,15 +247,11 @@ def check_hub_names(cfg: DictConfig) -> None:
         return
     name = text.get("model_name_or_path")
     check_reachable("model.text_tower.model_name_or_path", name)  # tokenizer files, and weights or config
-    # A tokenizer read from another folder than the encoder (wherever the tokenizer config lives).
-    tokenizers = {
-        "model.text_tower.tokenizer": text.get("tokenizer"),
-        "model.tokenizer": cfg.model.get("tokenizer"),
-    }
-    for key, node in tokenizers.items():
-        source = node.get("name_or_path") if isinstance(node, DictConfig) else None
-        if source is not None and source != name:
-            check_reachable(f"{key}.name_or_path", source, "tokenizer_config.json")
+    # A tokenizer read from another folder than the encoder.
+    node = cfg.model.get("tokenizer")
+    source = node.get("name_or_path") if isinstance(node, DictConfig) else None
+    if source is not None and source != name:
+        check_reachable("model.tokenizer.name_or_path", source, "tokenizer_config.json")
 
 
 def _is_timm_vit(model_name) -> bool:
@@ -331,11 +339,11 @@ def check_lora(cfg: DictConfig) -> None:
             f"lora with trainer={_choice(cfg, 'trainer', '?')}: LoRA is built and tested with DDP and FSDP2 only; "
             "use trainer=ddp or trainer=fsdp"
         )
-    from hydra.utils import instantiate
+    from cliplab.models.build import build_clip
 
     try:
         with torch.device("meta"):  # no memory, no init compute: just the module names
-            model = instantiate(cfg.model, _convert_="object")
+            model = build_clip(cfg.model)
     except Exception:  # e.g. a tower that reads weights from disk: configure_model checks the targets then
         return
     try:
@@ -384,6 +392,7 @@ def validate(cfg: DictConfig) -> None:
     check_types(cfg)
     check_towers(cfg)
     check_locks(cfg)
+    check_tokenizer(cfg)
     check_hub_names(cfg)
     check_loss(cfg)
     check_distill(cfg)

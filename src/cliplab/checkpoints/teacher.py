@@ -5,7 +5,7 @@ from pathlib import Path
 
 from cliplab.checkpoints.load import load_checkpoint
 from cliplab.lit.teacher import Teacher, check_same_inputs
-from cliplab.models.interop.build import build_clip
+from cliplab.models.build import build_clip
 from cliplab.utils.errors import CliplabError, ConfigError
 
 

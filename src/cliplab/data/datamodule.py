@@ -1,10 +1,11 @@
 """The Lightning data module: sources from config, transforms, per-device batching, fault accounting.
 
-Built as `instantiate(cfg.data, tokenizer=tokenizer)`. `train` / `val` are sources
-(`WebDatasetSource`, `TableSource`, `FolderSource`) or a plain string: a path ending in
-.csv/.tsv/.parquet is a table, anything else a webdataset shard specification. `batch_size` is the
-GLOBAL batch; `setup()` divides it by the trainer's world size. Batches are `(images, tokens)`: float
-`[B, 3, H, W]` normalised, long `[B, L]` (the raw captions when no tokenizer is given).
+Built as `instantiate(cfg.data, tokenizer=module.tokenizer)`. `train` / `val` are sources
+(`cliplab.data.interface.DataSource`: `WebDatasetSource`, `TableSource`, `FolderSource`) or a plain
+string: a path ending in .csv/.tsv/.parquet is a table, anything else a webdataset shard specification.
+`batch_size` is the GLOBAL batch; `setup()` divides it by the trainer's world size. Batches are
+`(images, tokens)`: float `[B, 3, H, W]` normalised, long `[B, L]` (the raw captions when no tokenizer is
+given).
 
 The data module owns the split over ranks (the trainer runs with `use_distributed_sampler=False`):
 every rank yields the same number of training and validation batches (docs/contracts.md, "Even
@@ -25,6 +26,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from cliplab.data import transforms as T
 from cliplab.data.even_split import EpochIndexSampler, EvenSplitBatches
 from cliplab.data.faults import FaultLog
+from cliplab.data.interface import DataSource
 from cliplab.data.samples import Collate
 from cliplab.data.table_source import TABLE_SUFFIXES, TableSource
 from cliplab.data.webdataset_source import EvenSplitStream, WebDatasetSource
@@ -35,8 +37,8 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
-def as_source(spec, shuffle: bool):
-    if spec is None or hasattr(spec, "build"):
+def as_source(spec, shuffle: bool) -> DataSource | None:
+    if spec is None or isinstance(spec, DataSource):
         return spec
     if isinstance(spec, str) and spec.lower().endswith(TABLE_SUFFIXES):
         return TableSource(spec)

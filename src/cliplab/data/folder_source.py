@@ -2,12 +2,13 @@
 
 import os
 
+from cliplab.data.interface import DataSource
 from cliplab.data.pairs_dataset import ImageCaptionPairs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
-class FolderSource:
+class FolderSource(DataSource):
     def __init__(self, root, caption_suffix: str = ".txt"):
         self.root = str(root)
         self.caption_suffix = caption_suffix

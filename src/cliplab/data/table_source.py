@@ -4,6 +4,7 @@ import os
 
 import pandas as pd
 
+from cliplab.data.interface import DataSource
 from cliplab.data.pairs_dataset import ImageCaptionPairs
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
@@ -25,7 +26,7 @@ def resolve_image_path(value: str, root: str) -> str:
     return os.path.join(root, value)
 
 
-class TableSource:
+class TableSource(DataSource):
     """Rows of a table: `image_column` holds a path (absolute, URL, or relative to `image_root`, default
     the table's directory) and `caption_column` the caption."""
 

@@ -23,6 +23,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from cliplab.data import faults as F
 from cliplab.data.even_split import even_batch_bounds
+from cliplab.data.interface import DataSource
 from cliplab.data.samples import sample_from_dict
 from cliplab.data.seeds import stable_seed
 from cliplab.data.shard_lists import expand_shards, shard_sizes
@@ -33,7 +34,7 @@ from cliplab.utils.errors import DataError
 log = logging.getLogger(__name__)
 
 
-class WebDatasetSource:
+class WebDatasetSource(DataSource):
     """Config-level description of a set of webdataset shards.
 
     Args:

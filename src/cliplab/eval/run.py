@@ -169,17 +169,16 @@ def load_model(cfg) -> tuple[nn.Module, object, int, str]:
         image_size = model_cfg.get("image_size", model_cfg.get("image_tower", {}).get("image_size"))
         return module.model, module.tokenizer, int(image_size), str(path)
     if cfg.get("open_clip_ckpt"):
-        from hydra.utils import instantiate
-
+        from cliplab.models.build import build_clip, build_tokenizer
         from cliplab.models.interop import load_openclip_checkpoint
 
         if not cfg.get("model"):
             raise ConfigError("open_clip_ckpt needs its architecture: add model=<name>, e.g. model=vit_b32")
-        model = instantiate(cfg.model, _convert_="object")
+        model = build_clip(cfg.model)
         load_openclip_checkpoint(
             model, cfg.open_clip_ckpt, allow_unsafe_pickle=cfg.get("allow_unsafe_pickle", False)
         )
-        tokenizer = instantiate(cfg.model.text_tower.tokenizer)
+        tokenizer = build_tokenizer(cfg.model)
         return model, tokenizer, int(cfg.model.image_size), str(cfg.open_clip_ckpt)
     raise ConfigError("nothing to evaluate: give ckpt_path=<lightning .ckpt> or open_clip_ckpt=<file>")
 

@@ -15,6 +15,7 @@ from cliplab.lit.teacher import Teacher, distill_enabled
 from cliplab.losses.distill_loss import DistillLoss
 from cliplab.losses.gather import gather_rows, local_only
 from cliplab.losses.grad_cache import FeatureCache, feature_cache_chunk
+from cliplab.models.build import build_clip, build_tokenizer, current_layout
 from cliplab.models.clip import MAX_LOGIT_SCALE
 from cliplab.models.lora import add_lora
 from cliplab.models.lora import enabled as lora_enabled
@@ -59,11 +60,13 @@ class CLIPModule(pl.LightningModule):
                 loss["loss"],
                 {"mode": "feature_cache", "chunk_size": loss.get("chunk_size", 64)},
             )
+        # a checkpoint from before `model.tokenizer`: its text tower config carried the tokenizer
+        model = current_layout(model)
         self.save_hyperparameters()
         self.model = None
         self.loss_fn = instantiate(loss)
-        tokenizer_cfg = model["text_tower"].get("tokenizer")
-        self.tokenizer = instantiate(tokenizer_cfg) if tokenizer_cfg else None
+        # The run's one tokenizer: the data module tokenizes with it, evaluation and callbacks read it here.
+        self.tokenizer = build_tokenizer(model)
         self.samples_seen = 0
         # A CPU scalar refilled each step: a Python number would become a new device tensor every step in
         # `self.log` (a host-to-device copy that waits for the GPU); loggers read a CPU tensor without waiting.
@@ -86,7 +89,7 @@ class CLIPModule(pl.LightningModule):
     def build_model(self) -> None:
         """The plain CLIP model, without adapters (the pipeline loads pretrained weights into it)."""
         if self.model is None:
-            self.model = instantiate(self.hparams.model, _convert_="object")
+            self.model = build_clip(self.hparams.model)
 
     def configure_model(self) -> None:
         # Idempotent: called by fit, by load_from_checkpoint, by sharded strategies, and by the pipeline
@@ -138,7 +141,7 @@ class CLIPModule(pl.LightningModule):
         `training`, else forward only; counted once per case."""
         cache, key = self._flops_cache, (text_length, training)
         if key not in cache:
-            from cliplab.utils.flops import model_flops_per_sample
+            from cliplab.models.flops import model_flops_per_sample
 
             # Asked from hooks that may run in inference mode (ThroughputMonitor); counting needs a backward.
             try:

@@ -9,6 +9,7 @@ Lightning's `train()` never switches it out of eval mode.
 import torch
 from torch import nn
 
+from cliplab.models.build import current_layout
 from cliplab.utils.errors import ConfigError
 
 
@@ -33,7 +34,8 @@ class Teacher:
 
 def _inputs(model_cfg: dict) -> tuple:
     """What a model needs its batches to be: image size and the tokenizer that made the tokens."""
-    return model_cfg.get("image_size"), (model_cfg.get("text_tower") or {}).get("tokenizer")
+    # current_layout: a teacher checkpoint may predate model.tokenizer
+    return model_cfg.get("image_size"), current_layout(model_cfg).get("tokenizer")
 
 
 def check_same_inputs(teacher_cfg: dict, student_cfg: dict, where: str) -> None:
@@ -47,6 +49,6 @@ def check_same_inputs(teacher_cfg: dict, student_cfg: dict, where: str) -> None:
         )
     if t_tok != s_tok:
         raise ConfigError(
-            f"distill: the teacher ({where}) uses another tokenizer than the student's model.text_tower.tokenizer; "
+            f"distill: the teacher ({where}) uses another tokenizer than the student's model.tokenizer; "
             "the teacher scores the student's tokens, so both need the same tokenizer and context length"
         )

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from cliplab.losses.gather import all_gather_with_grad, is_distributed, rank_and_world_size
+from cliplab.losses.interface import Loss
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -129,7 +130,7 @@ class _ChunkedClipLossFunction(torch.autograd.Function):
         )
 
 
-class ChunkedClipLoss(nn.Module):
+class ChunkedClipLoss(nn.Module, Loss):
     """Same value and gradients as `ClipLoss`, in `O(block_size x global)` memory.
 
     `block_size` is the number of image rows scored at once: larger blocks mean bigger, faster matmuls

@@ -5,10 +5,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cliplab.losses.gather import all_gather_with_grad, rank_and_world_size
+from cliplab.losses.interface import Loss
 from cliplab.utils.precision import at_least_fp32
 
 
-class ClipLoss(nn.Module):
+class ClipLoss(nn.Module, Loss):
     """Cross-entropy of image->text and text->image logits, averaged.
 
     Distributed: every rank gathers all ranks' features (with gradient) and scores only its own rows

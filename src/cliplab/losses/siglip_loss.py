@@ -5,10 +5,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cliplab.losses.gather import all_gather_with_grad, rank_and_world_size
+from cliplab.losses.interface import Loss
 from cliplab.utils.precision import at_least_fp32
 
 
-class SigLipLoss(nn.Module):
+class SigLipLoss(nn.Module, Loss):
     """Binary log-loss on every image-text pair: `-sum log sigmoid(z_ij (t x_i.y_j + b)) / local_batch`,
     with z = +1 on matching pairs and -1 elsewhere (Zhai et al. 2023). Needs a learned bias
     (`init_logit_bias` around -10, `init_logit_scale` ln 10 in the model config).

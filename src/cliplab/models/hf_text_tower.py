@@ -11,6 +11,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from cliplab.models.hf_hub import from_pretrained
+from cliplab.models.interfaces import TextTower, Tokenizer
 
 # The key users set; the tokenizer config reads the same folder by interpolation.
 NAME_KEY = "model.text_tower.model_name_or_path"
@@ -26,7 +27,7 @@ OPENCLIP_POOLER_NAMES = {
 PROJECTIONS = ("linear", "mlp", "none")
 
 
-class HFTokenizer:
+class HFTokenizer(Tokenizer):
     """A Hugging Face tokenizer behind the cliplab tokenizer contract: `tok(texts) -> LongTensor[N, L]`."""
 
     eot_token_id = None  # HF towers pool with the attention mask, not at an end-of-text token
@@ -99,7 +100,7 @@ def _find_layers(model: nn.Module, count: int) -> nn.ModuleList:
     raise ValueError(f"cannot find the {count} encoder layers of {type(model).__name__}")
 
 
-class HFTextTower(nn.Module):
+class HFTextTower(nn.Module, TextTower):
     """`forward(tokens [B, L]) -> [B, output_dim]`; padding (the model's `pad_token_id`) is masked out.
 
     Poolers, as open_clip's HFTextEncoder computes them (its names, e.g. `cls_pooler`, work too): `mean`
@@ -121,8 +122,7 @@ class HFTextTower(nn.Module):
         proj: str = "linear",
         pretrained: bool = True,
         grad_checkpointing: bool = False,
-        context_length: int | None = None,  # carried for the tokenizer config; the encoder sets its own limit
-        tokenizer=None,  # the data pipeline's tokenizer config rides along in the tower's config; unused here
+        context_length: int | None = None,  # compared with the tokenizer's (validate); unused here
     ):
         super().__init__()
         pooler = OPENCLIP_POOLER_NAMES.get(pooler, pooler)

@@ -18,6 +18,7 @@ from timm.layers import AttentionPool2d, Mlp
 from timm.models._registry import model_entrypoint
 from torch import nn
 
+from cliplab.models.interfaces import ImageTower
 from cliplab.models.layers import QuickGELU
 from cliplab.models.locking import image_groups, lock_tower
 from cliplab.models.recompute import use_chunked_checkpointing, use_selective_recompute
@@ -158,7 +159,7 @@ def _build_head(trunk: _Trunk, embed_dim: int, image_size: int | None) -> nn.Mod
     return head
 
 
-class TimmImageTower(nn.Module):
+class TimmImageTower(nn.Module, ImageTower):
     """`forward(images [B, 3, H, W]) -> [B, output_dim]` (not normalised).
 
     Args:

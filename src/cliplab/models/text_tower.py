@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cliplab.models.interfaces import TextTower
 from cliplab.models.layers import LayerNorm, ResidualAttentionBlock, Transformer
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ def resize_text_pos_embed(pos_embed: torch.Tensor, length: int) -> torch.Tensor:
     return resized[0].T.to(pos_embed.dtype).contiguous()
 
 
-class CLIPTextTower(nn.Module):
+class CLIPTextTower(nn.Module, TextTower):
     """`forward(tokens [B, L]) -> [B, embed_dim]` (not normalised), with L <= context_length."""
 
     # Causal attention pooled at end-of-text: padding after the longest EOT can be trimmed exactly.
@@ -41,7 +42,6 @@ class CLIPTextTower(nn.Module):
         mlp_ratio: float = 4.0,
         act: str = "quick_gelu",
         eot_token_id: int | None = None,
-        tokenizer=None,  # the data pipeline's tokenizer config rides along in the tower's config; unused here
         grad_checkpointing: bool = False,
         selective_recompute: bool = False,
         checkpoint_chunks: int = 1,

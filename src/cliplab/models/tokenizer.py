@@ -16,6 +16,7 @@ import regex
 import torch
 
 from cliplab.models.bpe_vocab import bpe_vocab_path
+from cliplab.models.interfaces import Tokenizer
 
 SOT_TOKEN = "<start_of_text>"
 EOT_TOKEN = "<end_of_text>"
@@ -55,7 +56,7 @@ def clean_text(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
-class CLIPTokenizer:
+class CLIPTokenizer(Tokenizer):
     """Callable tokenizer: `tokenizer(texts) -> LongTensor[N, context_length]`."""
 
     pad_token_id = 0

@@ -67,7 +67,7 @@ def _overrides(job_dir: Path, name: str) -> dict[str, str]:
 
 @lru_cache(maxsize=256)
 def _flops_cached(model_yaml: str) -> float | None:
-    from cliplab.utils.flops import train_flops_per_sample
+    from cliplab.models.flops import train_flops_per_sample
 
     try:
         return float(train_flops_per_sample(yaml.safe_load(model_yaml)))
