@@ -156,7 +156,7 @@ def test_teacher_reading_other_inputs_stops_with_one_line(tmp_path):
 def test_open_clip_file_without_architecture_stops_with_one_line(tmp_path):
     path = tmp_path / "open_clip_model.pt"
     torch.save(to_openclip_state_dict(build_clip(MODEL)), path)
-    with pytest.raises(ConfigError, match=r"model@distill.teacher.model=") as err:
+    with pytest.raises(ConfigError, match=r"distill.teacher.model=vit_b32") as err:
         load_teacher({"teacher": {"ckpt_path": str(path)}}, MODEL)
     assert "\n" not in str(err.value)
 
@@ -180,8 +180,14 @@ def test_config_rules(cfg_factory, tmp_path):
         validate(
             cfg_factory(["distill=clip", f"distill.teacher.ckpt_path={present}", "+distill.temperature=2"])
         )
-    cfg = cfg_factory(
-        ["distill=clip", f"distill.teacher.ckpt_path={present}", "model@distill.teacher.model=rn50"]
-    )
+    cfg = cfg_factory(["distill=clip", f"distill.teacher.ckpt_path={present}", "distill.teacher.model=rn50"])
     validate(cfg)
-    assert cfg.distill.teacher.model.image_tower.model_name == "resnet50_clip"
+    from cliplab.models.build import named_model_config
+
+    assert named_model_config(cfg.distill.teacher.model)["image_tower"]["model_name"] == "resnet50_clip"
+    with pytest.raises(ConfigError, match="no named model 'rn51'"):
+        validate(
+            cfg_factory(
+                ["distill=clip", f"distill.teacher.ckpt_path={present}", "distill.teacher.model=rn51"]
+            )
+        )

@@ -293,6 +293,11 @@ def check_distill(cfg: DictConfig) -> None:
         return
     if not Path(str(path)).exists():
         raise ConfigError(f"distill.teacher.ckpt_path={path} does not exist")
+    name = distill.teacher.get("model")
+    if isinstance(name, str):
+        from cliplab.models.build import named_model_config
+
+        named_model_config(name)  # a name that is no conf/model/ file stops here, in one line
     weight = distill.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or weight < 0:
         raise ConfigError(f"distill.weight={weight!r} must be a number >= 0, e.g. distill.weight=1.0")

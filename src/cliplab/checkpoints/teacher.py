@@ -5,13 +5,13 @@ from pathlib import Path
 
 from cliplab.checkpoints.load import load_checkpoint
 from cliplab.lit.teacher import Teacher, check_same_inputs
-from cliplab.models.build import build_clip
+from cliplab.models.build import build_clip, named_model_config
 from cliplab.utils.errors import CliplabError, ConfigError
 
 
 def load_teacher(distill: dict, student_model: dict, allow_unsafe_pickle: bool = False) -> Teacher:
     """The teacher of `distill` (`{"teacher": {"ckpt_path", "model"}}`): a cliplab checkpoint (architecture
-    from its hyperparameters), or with `teacher.model` (a named-model config) an OpenAI / open_clip file."""
+    from its hyperparameters), or with `teacher.model` (a named model, e.g. "vit_b32", or its config) an OpenAI / open_clip file."""
     teacher_cfg = distill["teacher"]
     path = Path(str(teacher_cfg["ckpt_path"]))
     if not path.exists():
@@ -21,6 +21,8 @@ def load_teacher(distill: dict, student_model: dict, allow_unsafe_pickle: bool =
         from cliplab.models.interop import load_openclip_checkpoint
 
         model_cfg = teacher_cfg["model"]
+        if isinstance(model_cfg, str):  # distill.teacher.model=vit_b32: a named model
+            model_cfg = named_model_config(model_cfg)
         check_same_inputs(model_cfg, student_model, where)
         model = build_clip(model_cfg)
         try:
@@ -36,7 +38,7 @@ def load_teacher(distill: dict, student_model: dict, allow_unsafe_pickle: bool =
     if not isinstance(hparams, dict) or "model" not in hparams:
         raise ConfigError(
             f"{where} is not a cliplab checkpoint; for an OpenAI / open_clip file name its architecture too, "
-            f"e.g. model@distill.teacher.model=vit_b32"
+            f"e.g. distill.teacher.model=vit_b32"
         )
     check_same_inputs(hparams["model"], student_model, where)
     model = build_clip(hparams["model"])

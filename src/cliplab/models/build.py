@@ -47,6 +47,26 @@ def build_clip(model_cfg: DictConfig | dict):
     return cls(image_tower=image_tower, text_tower=text_tower, **kwargs)
 
 
+def named_model_config(name: str) -> dict:
+    """`conf/model/<name>.yaml` composed as a run composes it (its towers and tokenizer), resolved: for a
+    second model beside the run's own (a distillation teacher), which Hydra cannot place twice."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from cliplab.utils.paths import CONF_DIR
+
+    if not (CONF_DIR / "model" / f"{name}.yaml").is_file():
+        names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+        raise ConfigError(f"no named model {name!r}; choose one of {', '.join(names)}")
+    overrides = [f"model={name}"]
+    if GlobalHydra.instance().is_initialized():  # inside python src/train.py
+        cfg = compose("train", overrides=overrides)
+    else:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+    return OmegaConf.to_container(cfg.model, resolve=True)
+
+
 def build_tokenizer(model_cfg: DictConfig | dict) -> Tokenizer | None:
     """The tokenizer of `model.tokenizer` (None when the config sets none); one that cannot load its
     vocabulary is a setup problem: one line."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+from cliplab.utils.paths import CONF_DIR
 
 
 def missing_keys(cfg, prefix: str = "") -> list[str]:

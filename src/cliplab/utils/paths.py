@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # the repository's Hydra config groups
+
 
 def cache_dir() -> Path:
     """The cache root: `$CLIPLAB_CACHE`, else `~/.cache/cliplab`."""
