@@ -38,7 +38,9 @@ def built(tmp_path_factory):
     emoji_root = emoji_data.build(
         64, limit=40, extra_styles=True, out_dir=tmp / "emoji", downloads=downloads, progress=quiet
     )
-    root = mix.build(64, emoji_root=emoji_root, limit=6, out_dir=tmp / "mix", downloads=downloads, progress=quiet)
+    root = mix.build(
+        64, emoji_root=emoji_root, limit=6, out_dir=tmp / "mix", downloads=downloads, progress=quiet
+    )
     return emoji_root, root
 
 
@@ -121,7 +123,9 @@ def test_pick_caption_falls_back_to_txt():
 def test_shards_store_alternatives_only_when_given(tmp_path):
     path = tmp_path / "a.png"
     Image.new("RGB", (8, 8), (200, 10, 10)).save(path)
-    write_shards([(str(path), "red", ["red", "a red square"]), (str(path), "plain")], tmp_path / "shards" / "train")
+    write_shards(
+        [(str(path), "red", ["red", "a red square"]), (str(path), "plain")], tmp_path / "shards" / "train"
+    )
     samples = _shard_samples(tmp_path)
     assert samples[0]["captions"] == b"red\na red square"
     assert "captions" not in samples[1]

@@ -44,7 +44,9 @@ class DrawingAugment:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ConfigError(f"train_transform.{name}={value!r} must be a number in [0, 1] (0 = off)")
         if self.zoom_out >= 1.0:
-            raise ConfigError(f"train_transform.zoom_out={self.zoom_out} must be below 1 (1 shrinks to nothing)")
+            raise ConfigError(
+                f"train_transform.zoom_out={self.zoom_out} must be below 1 (1 shrinks to nothing)"
+            )
 
     @property
     def active(self) -> bool:

