@@ -92,15 +92,33 @@ def test_images_are_drawn_and_captions_are_several(built):
         assert sample["txt"].decode() == alternatives[0] and len(alternatives) >= 3
 
 
-def _epoch_captions(root: Path, epoch: int) -> list[str]:
+def _stream(root: Path, shuffle_buffer=1) -> ShardStream:
     shards = sorted(str(p) for p in (root / "shards" / "train").glob("*.tar"))
     sizes = json.loads((root / "shards" / "train" / "sizes.json").read_text())
-    stream = ShardStream(
+    return ShardStream(
         [shards], {s: sizes[Path(s).name] for s in shards}, eval_transform(64), FaultLog(None),
-        shuffle=False, shuffle_buffer=1, seed=3,
+        shuffle=shuffle_buffer > 1, shuffle_buffer=shuffle_buffer, seed=3,
     )  # fmt: skip
+
+
+def _epoch_captions(root: Path, epoch: int) -> list[str]:
+    stream = _stream(root)
     stream.set_epoch(epoch)
     return [caption for _, caption in stream]
+
+
+def test_a_stream_resumed_mid_epoch_reads_the_captions_of_the_uninterrupted_one(built):
+    _, root = built
+    whole = _stream(root, shuffle_buffer=16)
+    whole.set_epoch(2)
+    expected = [caption for _, caption in whole]
+    interrupted = _stream(root, shuffle_buffer=16)
+    interrupted.set_epoch(2)
+    it = iter(interrupted)
+    head = [next(it)[1] for _ in range(10)]
+    resumed = _stream(root, shuffle_buffer=16)
+    resumed.load_state_dict(interrupted.state_dict())
+    assert head + [caption for _, caption in resumed] == expected
 
 
 def test_captions_are_drawn_afresh_each_epoch_and_identically_on_resume(built):
@@ -135,3 +153,24 @@ def test_title_cleaning_and_flag_keys():
     assert clean_title("Clipart by Nicu Buculei - smiley111") == "smiley"
     assert clean_title("red_apple_01") == "red apple"
     assert flag_key("FR") == emoji_data.fetch.codepoint_key("1F1EB-1F1F7")
+
+
+def test_the_mix_config_trains_from_the_shards_with_augmentation(built, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    _, root = built
+    shards = str(root / "shards" / "train")
+    overrides = ["data=mix", f"data.train.urls={shards}", f"data.val.urls={shards}", "data.batch_size=8"]
+    overrides += ["data.num_workers=0", "model.image_size=32"]
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.data.fault_dir = str(tmp_path)
+    dm = instantiate(cfg.data, tokenizer=lambda texts: texts)
+    dm.setup("fit")
+    assert dm.train_transform.augment is not None and dm.train_transform.augment.invert_p > 0
+    images, captions = next(iter(dm.train_dataloader()))
+    assert images.shape == (8, 3, 32, 32) and len(captions) == 8
