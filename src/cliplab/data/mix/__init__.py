@@ -2,7 +2,9 @@
 kinds, so that a model learns more than the names of one emoji family.
 
 Build it with `python -m cliplab.data.mix` (builds the default emoji data set first; cached in
-`cache_dir()/mix/v1-<size>px/`, shards in `shards/train`). Kinds (`manifest.json` counts them):
+`cache_dir()/mix/v1-<size>px/`: `shards/train`, and `train.csv` listing each sample in shard order,
+with its source drawing, captions and kind; the drawings live in the shards only). Kinds (`manifest.json`
+counts them):
 
 - `emoji-<style>`: the emoji data set's training images (OpenMoji colour and line art, Noto, Fluent flat),
   plus `emoji-fluent-3d` (Microsoft's 3D renders) and `emoji-symbola` (black-and-white glyphs), for the

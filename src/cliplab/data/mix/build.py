@@ -188,7 +188,7 @@ def _build_locked(root, image_size, emoji_root, limit, downloads, samples_per_sh
             continue
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         image.save(work / rel, format="PNG")
-        rows.append(dict(image=rel, caption=item.captions[0], captions=" | ".join(item.captions),
+        rows.append(dict(source=rel, caption=item.captions[0], captions=" | ".join(item.captions),
                          kind=item.kind, emoji_key=item.emoji_key or ""))  # fmt: skip
         if n % 5000 == 0:
             progress(f"  drawn {n}/{len(kept)}")
@@ -196,10 +196,12 @@ def _build_locked(root, image_size, emoji_root, limit, downloads, samples_per_sh
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    entries = ((str(work / r["image"]), r["caption"], r["captions"].split(" | ")) for r in rows)
+    entries = ((str(work / r["source"]), r["caption"], r["captions"].split(" | ")) for r in rows)
     shards = write_shards(
         entries, work / "shards" / "train", samples_per_shard=samples_per_shard, prefix="train"
     )
+    # Training reads the shards only: the PNGs they were encoded from would double the cache.
+    shutil.rmtree(work / "images")
     notice = Path(__file__).resolve().parents[4] / "NOTICE"
     if notice.is_file():
         shutil.copyfile(notice, work / "NOTICE")
