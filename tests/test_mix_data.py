@@ -90,6 +90,7 @@ def test_images_are_drawn_and_captions_are_several(built):
         assert np.asarray(image).std() > 1.0  # something drawn, not a blank canvas
         alternatives = sample["captions"].decode().splitlines()
         assert sample["txt"].decode() == alternatives[0] and len(alternatives) >= 3
+        assert len({a.lower().rstrip(".") for a in alternatives}) == len(alternatives)  # no repeats
 
 
 def _stream(root: Path, shuffle_buffer=1) -> ShardStream:

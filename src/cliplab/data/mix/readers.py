@@ -44,8 +44,9 @@ def _unique(texts) -> list[str]:
     seen, out = set(), []
     for text in texts:
         text = re.sub(r"\s+", " ", text or "").strip()
-        if text and text.lower() not in seen:
-            seen.add(text.lower())
+        key = text.lower().rstrip(".")  # "an emoji of x." and "an emoji of x" are one caption
+        if text and key not in seen:
+            seen.add(key)
             out.append(text)
     return out
 
