@@ -134,3 +134,9 @@ def test_data_csv_without_a_path_is_one_line_not_a_traceback(tmp_path):
         "error: data.train.path is required: python src/train.py data=csv data.train.path=/data/mine/train.csv"
     ]
     assert "Traceback" not in proc.stdout
+
+
+def test_mix_data_config_is_valid_and_a_bad_augmentation_stops_it(cfg_factory):
+    check(cfg_factory, ["data=mix"])
+    with pytest.raises(ConfigError, match="train_transform.invert_p"):
+        check(cfg_factory, ["data=mix", "data.train_transform.invert_p=3"])

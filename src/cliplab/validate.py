@@ -391,6 +391,16 @@ def check_missing(cfg: DictConfig) -> None:
         raise ConfigError(missing_message(missing[0]))
 
 
+def check_augment(cfg: DictConfig) -> None:
+    """The drawing-augmentation switches of `data.train_transform`, checked before anything is built."""
+    from cliplab.data.augment import DrawingAugment
+
+    transform = cfg.data.get("train_transform") if isinstance(cfg.get("data"), DictConfig) else None
+    if isinstance(transform, DictConfig):
+        switches = ("zoom_out", "color_jitter", "grayscale_p", "invert_p")
+        DrawingAugment(**{k: transform[k] for k in switches if transform.get(k) is not None})
+
+
 def validate(cfg: DictConfig) -> None:
     """All rules that need no data and no model; raises ConfigError with the first problem found."""
     check_missing(cfg)
@@ -404,4 +414,5 @@ def validate(cfg: DictConfig) -> None:
     check_ema(cfg)
     check_lora(cfg)
     check_batch(cfg)
+    check_augment(cfg)
     check_hardware(cfg)

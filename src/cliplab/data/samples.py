@@ -6,12 +6,14 @@ into the float batch (shared memory in a worker) and tokenizes all captions with
 """
 
 import math
+import random
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import get_worker_info
 
 from cliplab.data import faults as F
+from cliplab.data.seeds import stable_seed
 from cliplab.data.transforms import ClipImageTransform, ImageTooLarge
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -50,10 +52,23 @@ def make_sample(
     return array, caption
 
 
-def sample_from_dict(sample: dict, transform, faults, shard, generator=None):
+def pick_caption(sample: dict, caption_seed: tuple | None) -> str | None:
+    """The caption of a sample: its `txt`, or, for samples that carry alternatives (`<key>.captions`, one
+    per line) and a `caption_seed` (training: (seed, epoch)), one of them drawn from (seed, epoch, key), so
+    every epoch reads a fresh one and a resumed epoch reads the same."""
+    alternatives = decode_caption(sample.get("captions")) if caption_seed is not None else None
+    if alternatives:
+        lines = [line for line in alternatives.splitlines() if line.strip()]
+        if lines:
+            rng = random.Random(stable_seed(*caption_seed, sample["__key__"]))
+            return lines[rng.randrange(len(lines))].strip()
+    return decode_caption(sample.get("txt"))
+
+
+def sample_from_dict(sample: dict, transform, faults, shard, generator=None, caption_seed=None):
     """A webdataset sample dict -> (array, caption) or None."""
     image = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
-    caption = decode_caption(sample.get("txt"))
+    caption = pick_caption(sample, caption_seed)
     return make_sample(image, caption, transform, faults, shard, sample["__key__"], generator)
 
 

@@ -53,7 +53,8 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def write_shards(
     pairs, out_dir, *, samples_per_shard=1000, max_size=None, prefix="shard", verbose=False
 ) -> dict:
-    """Write (image path, caption) pairs as shards; return {"shards", "samples", "skipped"}."""
+    """Write (image path, caption[, alternative captions]) items as shards; return {"shards", "samples",
+    "skipped"}. Alternatives (one caption per line, no newlines inside) go to `<key>.captions`."""
     os.makedirs(out_dir, exist_ok=True)
     sizes: dict[str, int] = {}
     skipped: list[tuple[str, str]] = []
@@ -66,7 +67,8 @@ def write_shards(
         tar.close()
         os.replace(os.path.join(out_dir, shard_name + ".tmp"), os.path.join(out_dir, shard_name))
 
-    for image_path, caption in pairs:
+    for image_path, caption, *more in pairs:
+        alternatives = [c.strip() for c in (more[0] if more else ()) if c and c.strip()]
         caption = "" if caption is None or caption != caption else str(caption).strip()
         if not caption:
             skipped.append((image_path, "empty caption"))
@@ -92,6 +94,8 @@ def write_shards(
         _add(tar, key + ".jpg", data)
         _add(tar, key + ".txt", caption.encode("utf-8"))
         _add(tar, key + ".json", json.dumps(meta).encode("utf-8"))
+        if alternatives:  # training draws one per epoch (samples.pick_caption); `txt` is the eval caption
+            _add(tar, key + ".captions", "\n".join(alternatives).encode("utf-8"))
         sizes[shard_name] += 1
         written += 1
         if verbose and written % 1000 == 0:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cliplab.data.augment import DrawingAugment
+
 # OpenAI CLIP's normalisation statistics (RGB, 0-1 scale).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -57,6 +59,7 @@ class ClipImageTransform:
         ratio=(3 / 4, 4 / 3),
         draft: bool = True,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        augment: DrawingAugment | None = None,
     ):
         if isinstance(image_size, (tuple, list)):
             if image_size[0] != image_size[1]:
@@ -70,6 +73,8 @@ class ClipImageTransform:
         self.ratio = tuple(float(r) for r in ratio)
         self.draft = bool(draft)
         self.max_image_pixels = int(max_image_pixels)
+        # Drawing augmentations (train only); every switch off draws nothing, so crops stay identical.
+        self.augment = augment if augment is not None and augment.active else None
         # float32 like torchvision, so that a given seed draws the same crops as RandomResizedCrop.
         self._log_ratio = torch.log(torch.tensor(self.ratio)).tolist()
 
@@ -102,7 +107,7 @@ class ClipImageTransform:
         top, left = round(crop[0] * fy), round(crop[1] * fx)
         bottom = min(img.height, max(top + 1, round((crop[0] + crop[2]) * fy)))
         right = min(img.width, max(left + 1, round((crop[1] + crop[3]) * fx)))
-        return self.apply_uint8(img, (top, left, bottom - top, right - left))
+        return self.apply_uint8(img, (top, left, bottom - top, right - left), generator)
 
     def draft_factor(self, crop_height: int, crop_width: int) -> int:
         """Largest JPEG DCT reduction (1, 2, 4 or 8) that leaves the crop at least `image_size` on each side
@@ -110,7 +115,7 @@ class ClipImageTransform:
         fit = min(crop_height, crop_width) // self.image_size
         return next(f for f in (8, 4, 2, 1) if f <= max(fit, 1))
 
-    def apply_uint8(self, img: Image.Image, crop=None) -> np.ndarray:
+    def apply_uint8(self, img: Image.Image, crop=None, generator=None) -> np.ndarray:
         """PIL image -> transformed uint8 array [H, W, 3]; `crop` (top, left, h, w) or a random one."""
         img = flatten_alpha(img)
         if not self.train:
@@ -118,9 +123,11 @@ class ClipImageTransform:
         size = self.image_size
         # HWC pixels seen as a channels-last [1, 3, H, W] batch: the layout torch's fast uint8 kernel wants.
         pixels = torch.from_numpy(np.array(img)).permute(2, 0, 1).unsqueeze(0)
-        top, left, h, w = crop if crop is not None else self.crop_params(img.height, img.width)
+        top, left, h, w = crop if crop is not None else self.crop_params(img.height, img.width, generator)
         region = pixels[:, :, top : top + h, left : left + w]
         out = F.interpolate(region, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        if self.augment is not None:
+            out = self.augment(out, generator)
         return out[0].permute(1, 2, 0).numpy()
 
     def crop_params(self, height: int, width: int, generator=None) -> tuple[int, int, int, int]:
@@ -199,10 +206,22 @@ class ClipImageTransform:
 
 
 def train_transform(
-    image_size, mean=CLIP_MEAN, std=CLIP_STD, scale=(0.9, 1.0), **kwargs
+    image_size,
+    mean=CLIP_MEAN,
+    std=CLIP_STD,
+    scale=(0.9, 1.0),
+    zoom_out=0.0,
+    color_jitter=0.0,
+    grayscale_p=0.0,
+    invert_p=0.0,
+    **kwargs,
 ) -> ClipImageTransform:
-    """CLIP training augmentation: random resized crop (area `scale`), bicubic, CLIP mean/std, no flip."""
-    return ClipImageTransform(image_size, mean, std, train=True, scale=scale, **kwargs)
+    """CLIP training augmentation: random resized crop (area `scale`), bicubic, CLIP mean/std, no flip;
+    the drawing switches (`cliplab.data.augment.DrawingAugment`, all off by default) follow the crop."""
+    augment = DrawingAugment(
+        zoom_out=zoom_out, color_jitter=color_jitter, grayscale_p=grayscale_p, invert_p=invert_p
+    )
+    return ClipImageTransform(image_size, mean, std, train=True, scale=scale, augment=augment, **kwargs)
 
 
 def eval_transform(image_size, mean=CLIP_MEAN, std=CLIP_STD, **kwargs) -> ClipImageTransform:

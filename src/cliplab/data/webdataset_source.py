@@ -309,7 +309,14 @@ class ShardStream(IterableDataset):
                 shard, raw = block[index]
                 position.index = index + 1
                 generator.manual_seed(stable_seed(self.seed, epoch, slot, repeat, block_index, index))
-                sample = sample_from_dict(raw, self.transform, self.faults, shard, generator=generator)
+                sample = sample_from_dict(
+                    raw,
+                    self.transform,
+                    self.faults,
+                    shard,
+                    generator=generator,
+                    caption_seed=(self.seed, epoch),
+                )
                 if sample is not None:
                     yield sample
             position.index = 0
