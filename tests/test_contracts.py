@@ -231,6 +231,7 @@ _TINY_DATA = {
     "csv": (["data.train.path={root}/t.csv"], {}),
     "folder": (["data.train.root={root}"], {}),
     "emoji": (["paths.emoji_dir={root}/emoji"], {}),
+    "mix": (["paths.mix_dir={root}/emoji", "paths.emoji_dir={root}/emoji"], {}),  # its val split is emoji's
     "laion": ([], {"LAION_SHARDS": "{root}/shards"}),
     "cc3m": ([], {"CC3M_SHARDS": "{root}/shards"}),
     "cc12m": ([], {"CC12M_SHARDS": "{root}/shards"}),
