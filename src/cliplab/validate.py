@@ -218,7 +218,7 @@ def _meta_tower(node):
     target = str((node or {}).get("_target_", ""))
     if not target.endswith(("TimmImageTower", "CLIPTextTower")):
         return None
-    overrides = {"pretrained": False, "checkpoint_path": None} if "Timm" in target else {"tokenizer": None}
+    overrides = {"pretrained": False, "checkpoint_path": None} if "Timm" in target else {}
     try:
         with torch.device("meta"):
             return instantiate(node, **overrides, _convert_="object")

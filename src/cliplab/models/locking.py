@@ -55,15 +55,10 @@ def text_groups(tower: nn.Module) -> list[list[str]]:
 
 
 def tower_groups(tower: nn.Module) -> list[list[str]] | None:
-    """The lock groups of a cliplab tower, or None for a tower that locks itself (`tower.lock`)."""
-    from cliplab.models.image_tower import TimmImageTower
-    from cliplab.models.text_tower import CLIPTextTower
-
-    if isinstance(tower, TimmImageTower):
-        return image_groups(tower)
-    if isinstance(tower, CLIPTextTower):
-        return text_groups(tower)
-    return None
+    """The lock groups of a cliplab tower (its `param_groups()`), or None for a tower that locks itself
+    (`tower.lock`). Asked of the tower, not of its class: the towers import this module."""
+    groups = getattr(tower, "param_groups", None)
+    return groups() if callable(groups) else None
 
 
 def group_count(tower: nn.Module) -> int:

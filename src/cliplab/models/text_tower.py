@@ -13,6 +13,7 @@ from torch import nn
 
 from cliplab.models.interfaces import TextTower
 from cliplab.models.layers import LayerNorm, ResidualAttentionBlock, Transformer
+from cliplab.models.locking import lock_tower, text_groups
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +89,16 @@ class CLIPTextTower(nn.Module, TextTower):
 
     # ---- tower contract (docs/contracts.md) ----
 
+    def param_groups(self) -> list[list[str]]:
+        """open_clip's text lock groups: embeddings, each block, the last block with the final LayerNorm,
+        the projection (`cliplab.models.locking`)."""
+        return text_groups(self)
+
     def lock(self, unlocked_groups: int = 0, freeze_norm_stats: bool = False) -> None:
-        """Freeze all but the last `unlocked_groups` of open_clip's text groups (`cliplab.models.locking`):
-        embeddings, each block, the last block with the final LayerNorm, the projection.
+        """Freeze all but the last `unlocked_groups` of `param_groups()`.
 
         `freeze_norm_stats` is accepted for the common contract; LayerNorm keeps no running statistics.
         """
-        from cliplab.models.locking import lock_tower
-
         lock_tower(self, unlocked_groups)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
