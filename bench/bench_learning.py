@@ -39,6 +39,7 @@ from bench.bench_train_step import (
     model_config,
     openclip_config,
     openclip_param_groups,
+    openclip_step,
     write_reference_state,
 )
 from bench.entry import benchmark_main
@@ -164,14 +165,7 @@ def run_open_clip(spec: dict, model_cfg: dict, loader) -> dict:
     while step < steps:
         for images, tokens in loader:
             lr = scheduler(step)
-            optimizer.zero_grad(set_to_none=True)
-            out = model(images, tokens)
-            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            trace.record(loss, lr)
+            trace.record(openclip_step(model, loss_fn, optimizer, images, tokens), lr)
             step += 1
             if step == steps:
                 break

@@ -270,6 +270,19 @@ def openclip_param_groups(model: torch.nn.Module, weight_decay: float) -> list[d
     ]
 
 
+def openclip_step(model, loss_fn, optimizer, images, tokens, bf16: bool = False) -> torch.Tensor:
+    """One step of `open_clip_train.train` reduced to its compute: autocast, loss, backward, AdamW, clamp."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(images, tokens)
+        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return loss
+
+
 def run_open_clip(spec: dict, model_cfg: dict, batches: list[tuple]) -> dict:
     from open_clip.loss import ClipLoss
     from open_clip.model import CLIP
@@ -299,14 +312,7 @@ def run_open_clip(spec: dict, model_cfg: dict, batches: list[tuple]) -> dict:
     for i, (images, tokens) in enumerate(loader):
         clock.before_step(i)
         images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(images, tokens)
-            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+        loss = openclip_step(model, loss_fn, optimizer, images, tokens, bf16)
         clock.after_step(i, loss)
     return clock.result(spec["batch"])
 

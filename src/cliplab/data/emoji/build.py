@@ -6,7 +6,6 @@ See the package docstring (`cliplab.data.emoji`) for the layout and the design o
 from __future__ import annotations
 
 import csv
-import fcntl
 import hashlib
 import json
 import random
@@ -16,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from cliplab.data.build_once import build_once
 from cliplab.utils.paths import cache_dir
 
 from . import captions, fetch, render
@@ -182,36 +182,20 @@ def build(
     naming = dict(extra_styles=extra_styles, limit=limit, holdout_style=holdout_style, seed=seed)
     root = Path(out_dir) if out_dir else cache_dir() / "emoji" / dataset_name(image_size, **naming)
     rebuild = rebuild_command(image_size, **naming)
-    if not force and _is_complete(root, rebuild):
-        progress(f"emoji data set already built at {root}")
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # Builders of the same folder (two `make` targets, parallel tests) take turns; one that had to
-    # wait finds the build just finished and returns it, even with --force.
-    with open(root.with_name(root.name + ".lock"), "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            waited = False
-        except BlockingIOError:
-            progress(f"another process is building {root}; waiting for it ...")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            waited = True
-        if (waited or not force) and _is_complete(root, rebuild):
-            progress(f"emoji data set already built at {root}")
-            return root
-        return _build_locked(
-            root,
-            image_size=image_size,
-            limit=limit,
-            extra_styles=extra_styles,
-            holdout_style=holdout_style,
-            novel_fraction=novel_fraction,
-            seed=seed,
-            workers=workers,
-            downloads=downloads,
-            progress=progress,
-            started=started,
-        )
+    build_it = lambda: _build_locked(
+        root,
+        image_size=image_size,
+        limit=limit,
+        extra_styles=extra_styles,
+        holdout_style=holdout_style,
+        novel_fraction=novel_fraction,
+        seed=seed,
+        workers=workers,
+        downloads=downloads,
+        progress=progress,
+        started=started,
+    )
+    return build_once(root, lambda: _is_complete(root, rebuild), build_it, force, progress, "emoji data set")
 
 
 def _is_complete(root: Path, rebuild: str) -> bool:

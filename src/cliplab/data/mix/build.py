@@ -9,13 +9,13 @@ no source here: it stays the out-of-domain check.
 from __future__ import annotations
 
 import csv
-import fcntl
 import json
 import shutil
 import time
 from collections import Counter
 from pathlib import Path
 
+from cliplab.data.build_once import build_once
 from cliplab.data.emoji import captions as emoji_captions
 from cliplab.data.emoji import fetch as emoji_fetch
 from cliplab.data.emoji.manifest import check_manifest, write_manifest
@@ -140,24 +140,11 @@ def build(
     `shards/train` inside (validation stays the emoji data set's held-out artist)."""
     root = Path(out_dir) if out_dir else cache_dir() / "mix" / dataset_name(image_size, limit)
     rebuild = rebuild_command(image_size, limit)
-    if not force and _is_complete(root, rebuild):
-        progress(f"mixed data set already built at {root}")
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.with_name(root.name + ".lock"), "w") as lock:  # one builder at a time, like emoji
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            waited = False
-        except BlockingIOError:
-            progress(f"another process is building {root}; waiting for it ...")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            waited = True
-        if (waited or not force) and _is_complete(root, rebuild):
-            return root
-        downloads = Path(downloads) if downloads else cache_dir() / "downloads"
-        return _build_locked(
-            root, image_size, Path(emoji_root), limit, downloads, samples_per_shard, progress
-        )
+    downloads = Path(downloads) if downloads else cache_dir() / "downloads"
+    build_it = lambda: _build_locked(
+        root, image_size, Path(emoji_root), limit, downloads, samples_per_shard, progress
+    )
+    return build_once(root, lambda: _is_complete(root, rebuild), build_it, force, progress, "mixed data set")
 
 
 def _is_complete(root: Path, rebuild: str) -> bool:
