@@ -33,7 +33,14 @@ def instantiate_group(group: DictConfig | None) -> list:
     ]
 
 
-def check_data(datamodule: pl.LightningDataModule, cache_dir: str) -> None:
+# The built-in data sets and the command that builds each into the cache.
+BUILD_COMMANDS = {
+    "mix_dir": "python -m cliplab.data.mix",
+    "emoji_dir": "make data",
+}
+
+
+def check_data(datamodule: pl.LightningDataModule, paths: DictConfig) -> None:
     """Missing or empty shard patterns stop here, before any model is built."""
     for split in ("train", "val"):
         source = getattr(datamodule, f"{split}_source", None)
@@ -42,15 +49,14 @@ def check_data(datamodule: pl.LightningDataModule, cache_dir: str) -> None:
         try:
             source.shard_lists(f"data.{split}.urls")
         except NoShardsError as err:
-            hint = (
-                "; build the default data set with `make data`" if str(cache_dir) in str(source.urls) else ""
-            )
+            built = [cmd for key, cmd in BUILD_COMMANDS.items() if str(paths[key]) in str(source.urls)]
+            hint = f"; build this built-in data set first with `{built[0]}`" if built else ""
             raise DataError(f"{err}{hint}") from None
 
 
 def build_datamodule(cfg: DictConfig, tokenizer) -> pl.LightningDataModule:
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
-    check_data(datamodule, cfg.paths.cache_dir)
+    check_data(datamodule, cfg.paths)
     return datamodule
 
 
