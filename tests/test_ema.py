@@ -114,3 +114,31 @@ def test_config_rules(cfg_factory):
         validate(cfg_factory(["ema=default", "+ema.every=2"]))
     with pytest.raises(ConfigError, match="DeepSpeed's engine"):
         validate(cfg_factory(["ema=default", "trainer=deepspeed"]))
+
+
+class _ValData(Data):
+    def val_dataloader(self):
+        return self.train_dataloader()
+
+
+def test_validation_scores_the_average_beside_the_live_weights(tmp_path):
+    from cliplab.callbacks.retrieval import RetrievalCallback
+
+    module, _, _ = _fit(tmp_path, max_steps=3)
+
+    def validate_once(module):
+        trainer = pl.Trainer(
+            accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[RetrievalCallback(ks=(1,))], default_root_dir=str(tmp_path),
+        )  # fmt: skip
+        return trainer.validate(module, datamodule=_ValData(), verbose=False)[0]
+
+    both = validate_once(module)
+    ema, module.ema = module.ema, None
+    with ema.swapped_in(module.model):  # the average alone, as the live weights of a plain module
+        averaged = validate_once(module)
+    live = validate_once(module)
+    for key in ("val/loss", "retrieval/val/image_to_text_R@1", "retrieval/val/text_to_image_R@1"):
+        assert both[key] == pytest.approx(live[key], abs=1e-6)
+        assert both[f"ema/{key}"] == pytest.approx(averaged[key], abs=1e-6)
+    assert both["ema/val/loss"] != pytest.approx(both["val/loss"], abs=1e-4)  # 3 steps apart: they differ

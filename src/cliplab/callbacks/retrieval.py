@@ -1,7 +1,8 @@
 """Logs image<->text recall@k on the paired validation data: `retrieval/<name>/image_to_text_R@k`, ...
 
-Scheduling and logging only; features are collected batch by batch during validation (one extra encode of
-each validation batch) and recall is computed over the gallery of all ranks by `cliplab.eval.run`.
+Scheduling and logging only; features are the ones `validation_step` computed (a module without them is
+encoded here), and recall is computed over the gallery of all ranks by `cliplab.eval.run`. With `ema=`, the
+moving average's features are scored too, as `ema/retrieval/<name>/...`.
 """
 
 import pytorch_lightning as pl
@@ -17,6 +18,7 @@ class RetrievalCallback(pl.Callback):
         super().__init__()
         self.name, self.every_n_epochs, self.dataloader_idx = name, every_n_epochs, dataloader_idx
         self.accumulator = RetrievalAccumulator(ks)
+        self.ema_accumulator = RetrievalAccumulator(ks)  # validation_step's features of the EMA weights
         self.gallery_sizes: tuple[int, int] | None = (
             None  # (images, captions) over all ranks, last evaluation
         )
@@ -39,6 +41,7 @@ class RetrievalCallback(pl.Callback):
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self.accumulator.reset()
+        self.ema_accumulator.reset()
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
@@ -47,6 +50,8 @@ class RetrievalCallback(pl.Callback):
             return
         if isinstance(outputs, dict) and "image_features" in outputs:  # validation_step's own features
             self.accumulator.add(outputs["image_features"], outputs["text_features"])
+            if "ema" in outputs:
+                self.ema_accumulator.add(outputs["ema"]["image_features"], outputs["ema"]["text_features"])
         else:
             self.accumulator.update(pl_module.model, batch[0], batch[1])
 
@@ -55,7 +60,12 @@ class RetrievalCallback(pl.Callback):
             return
         local = torch.tensor([self.accumulator.n_images, sum(len(t) for t in self.accumulator.text_feats)])
         self.gallery_sizes = tuple(int(n) for n in trainer.strategy.reduce(local, reduce_op="sum"))
-        metrics = self.accumulator.compute()  # equal on every rank (galleries gathered)
-        for key, value in metrics.items():
-            pl_module.log(f"retrieval/{self.name}/{key}", value, rank_zero_only=False, sync_dist=False)
-        self.accumulator.reset()
+        for tag, accumulator in (("", self.accumulator), ("ema/", self.ema_accumulator)):
+            if not accumulator.image_feats:
+                continue
+            metrics = accumulator.compute()  # equal on every rank (galleries gathered)
+            for key, value in metrics.items():
+                pl_module.log(
+                    f"{tag}retrieval/{self.name}/{key}", value, rank_zero_only=False, sync_dist=False
+                )
+            accumulator.reset()

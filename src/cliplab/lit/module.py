@@ -265,14 +265,21 @@ class CLIPModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> dict:
+        images, tokens = batch
+        features = self._validate(images, tokens, "val/loss")
+        if self.ema is not None:  # the moving average on the same batch, beside the live weights
+            with self.ema.swapped_in(self.model):
+                features["ema"] = self._validate(images, tokens, "ema/val/loss")
+        return features
+
+    def _validate(self, images: torch.Tensor, tokens: torch.Tensor, name: str) -> dict:
         # Ranks hold different numbers of validation samples (each sample once): the loss is that of the
         # gathered global batch, computed alike on every rank, so nothing else needs reducing.
-        images, tokens = batch
         out = self.model(images, tokens)
         image_features, text_features = gather_rows(out["image_features"]), gather_rows(out["text_features"])
         with local_only():
             loss = self.loss_fn(image_features, text_features, out["logit_scale"], out["logit_bias"])
-        self.log("val/loss", loss, prog_bar=True, batch_size=image_features.shape[0])
+        self.log(name, loss, prog_bar=name == "val/loss", batch_size=image_features.shape[0])
         # this rank's features, for the callbacks (retrieval) that would otherwise encode the batch again
         return {"image_features": out["image_features"], "text_features": out["text_features"]}
 
