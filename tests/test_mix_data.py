@@ -93,6 +93,20 @@ def test_images_are_drawn_and_captions_are_several(built):
         assert len({a.lower().rstrip(".") for a in alternatives}) == len(alternatives)  # no repeats
 
 
+def test_shards_are_written_in_a_random_order_of_kinds(built):
+    # A shuffle buffer a few shards long must draw every kind: the build interleaves kinds, it does not
+    # write one kind (or one MNIST digit) after another.
+    _, root = built
+    kinds = [
+        Path(json.loads(s["json"])["source"]).parent.name
+        for s in sorted(_shard_samples(root), key=lambda s: s["__key__"])
+    ]
+    first_half = set(kinds[: len(kinds) // 2])
+    assert len(first_half) >= len(KINDS) - 2
+    runs = sum(a != b for a, b in zip(kinds, kinds[1:], strict=False))
+    assert runs > len(kinds) // 2  # neighbours are usually of different kinds
+
+
 def _stream(root: Path, shuffle_buffer=1) -> ShardStream:
     shards = sorted(str(p) for p in (root / "shards" / "train").glob("*.tar"))
     sizes = json.loads((root / "shards" / "train" / "sizes.json").read_text())

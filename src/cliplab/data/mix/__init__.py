@@ -2,7 +2,7 @@
 kinds, so that a model learns more than the names of one emoji family.
 
 Build it with `python -m cliplab.data.mix` (builds the default emoji data set first; cached in
-`cache_dir()/mix/v1-<size>px/`: `shards/train`, and `train.csv` listing each sample in shard order,
+`cache_dir()/mix/v2-<size>px/`: `shards/train`, and `train.csv` listing each sample in shard order,
 with its source drawing, captions and kind; the drawings live in the shards only). Kinds (`manifest.json`
 counts them):
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import shutil
 import time
 from collections import Counter
@@ -25,7 +26,7 @@ from cliplab.utils.paths import cache_dir
 from . import readers, render, sources
 from .readers import Item
 
-VERSION = "v1"
+VERSION = "v2"  # v2: shards in a seeded random order (v1 held one kind, even one digit, per shard)
 # The emoji data set's training styles re-used as rendered there, and the medium word of their captions.
 EMOJI_MEDIUM = {"openmoji": "emoji", "openmoji-line": "line drawing", "noto": "emoji", "fluent-flat": "emoji"}
 
@@ -179,6 +180,9 @@ def _build_locked(root, image_size, emoji_root, limit, downloads, samples_per_sh
                          kind=item.kind, emoji_key=item.emoji_key or ""))  # fmt: skip
         if n % 5000 == 0:
             progress(f"  drawn {n}/{len(kept)}")
+    # Shards in a seeded random order, as a crawl's are: written kind after kind (MNIST even class after
+    # class), a shuffle buffer of a few shards would fill whole batches with one caption.
+    random.Random(0).shuffle(rows)
     with (work / "train.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
