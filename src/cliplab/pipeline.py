@@ -14,6 +14,7 @@ from cliplab.lit.module import CLIPModule
 from cliplab.sweeps.jobs import start_job
 from cliplab.utils.errors import CliplabError, ConfigError, DataError
 from cliplab.utils.host_memory import keep_freed_memory
+from cliplab.utils.host_precision import auto_precision
 from cliplab.utils.results import final_results, write_results
 from cliplab.utils.wandb_mode import ensure_wandb_mode, finish_wandb
 from cliplab.validate import validate
@@ -143,6 +144,9 @@ def train(cfg: DictConfig) -> dict:
     load_pretrained(module, cfg)
     load_distill_teacher(module, cfg)
     loggers = instantiate_group(cfg.get("logger"))
+    if cfg.trainer.get("precision") == "auto":  # resolved here, so the saved config says what ran
+        cfg.trainer.precision, reason = auto_precision(str(cfg.trainer.get("accelerator", "auto")))
+        log.info("trainer.precision=auto: %s (%s)", cfg.trainer.precision, reason)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False)
 
     output_dir = Path(cfg.paths.output_dir)
