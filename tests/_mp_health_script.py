@@ -3,7 +3,7 @@ rank's batch, faults recorded in different numbers by each rank.
 
 `python -m torch.distributed.run --nproc_per_node 2 tests/_mp_health_script.py <out_dir> [ddp|fsdp]` (2 CPU
 processes, gloo; DDP by default): each rank writes `<out_dir>/rank<r>.json` with the results of `skip_one` and `stop_after_k`. The test
-also calls both functions in its own process (one device).
+also calls both functions in its own process (one device). The stop line goes to stderr as `src/train.py` prints it.
 """
 
 import json
@@ -19,6 +19,7 @@ from cliplab.callbacks.data_faults import DataFaultLogger
 from cliplab.callbacks.training_health import TrainingDivergedError, TrainingHealth
 from cliplab.data.faults import FaultLog
 from cliplab.lit.module import CLIPModule
+from cliplab.utils.errors import print_user_error
 
 EMBED, IMAGE_SIZE, CONTEXT, VOCAB, BATCH = 16, 32, 8, 64, 4
 MODEL = {
@@ -156,6 +157,7 @@ def _fit(
     try:
         trainer.fit(module, datamodule=data)
     except TrainingDivergedError as e:
+        print_user_error(e)  # as `src/train.py` reports it (then exits); the 2-rank test counts the lines
         error = str(e)
     return trainer, module, snapshots, error
 

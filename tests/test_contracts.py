@@ -249,8 +249,6 @@ def test_data_contract(name, tiny_data, monkeypatch, tmp_path):
     cfg = compose_config(
         [f"data={name}", *[o.format(root=tiny_data) for o in overrides], *small], output_dir=tmp_path
     )
-    if cfg.data.train.get("samples_per_epoch"):  # an epoch of the tiny data (not of LAION)
-        cfg.data.train.samples_per_epoch = 8
     tokenizer = build_tokenizer(cfg.model)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)  # as cliplab.pipeline builds it
     assert isinstance(datamodule.train_source, DataSource)

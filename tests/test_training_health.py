@@ -76,7 +76,7 @@ def test_max_consecutive_skips_must_be_positive():
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory) -> list[dict]:
+def two_ranks(tmp_path_factory) -> tuple[list[dict], str]:
     out = tmp_path_factory.mktemp("health")
     env = {
         **os.environ,
@@ -94,20 +94,38 @@ def two_ranks(tmp_path_factory) -> list[dict]:
     ]
     proc = subprocess.run([*cmd, str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)], proc.stdout + proc.stderr
 
 
 def test_two_ranks_skip_the_same_step(two_ranks):
     # NaN in rank 1's batch only: both ranks skip it and stay identical
-    for result in two_ranks:
+    results, _ = two_ranks
+    for result in results:
         _check_skip_one(result["skip_one"])
-    assert two_ranks[0]["skip_one"]["checksum"] == two_ranks[1]["skip_one"]["checksum"]
+    assert results[0]["skip_one"]["checksum"] == results[1]["skip_one"]["checksum"]
 
 
-def test_two_ranks_stop_together(two_ranks):
-    # NaN in rank 0's batches only: both ranks stop at the same step with the same line
-    for result in two_ranks:
+def test_two_ranks_stop_together_and_say_so_once(two_ranks):
+    # NaN in rank 0's batches only: both ranks stop at the same step with the same error; the run's output
+    # (both ranks' stdout and stderr) carries its line once
+    results, output = two_ranks
+    for result in results:
         _check_stop_after_k(result["stop_after_k"])
+    line = f"error: {results[0]['stop_after_k']['error']}"
+    assert output.count(line) == 1
+    assert output.count("training stopped at step") == 1
+
+
+def test_a_rank_specific_error_is_printed_by_every_rank(monkeypatch, capsys):
+    from cliplab.utils import dist
+    from cliplab.utils.errors import DataError, print_user_error
+
+    monkeypatch.setattr(dist, "dist_info", lambda: dist.DistInfo(rank=1, world_size=2))
+    print_user_error(DataError("shard-7.tar is missing"))
+    print_user_error(TrainingDivergedError("training stopped at step 3"))
+    assert (
+        capsys.readouterr().err == "error: shard-7.tar is missing\n"
+    )  # rank 1 leaves the shared one to rank 0
 
 
 def test_fault_totals_count_each_fault_once(two_ranks):
@@ -115,7 +133,7 @@ def test_fault_totals_count_each_fault_once(two_ranks):
     expected = {kind: kinds.count(kind) for kind in set(kinds)}
     expected["skipped_shards"] = expected["truncated_shard"]
     expected["skipped_samples"] = len(kinds) - expected["skipped_shards"]
-    for result in two_ranks:  # every rank logs the same totals, zero for the kinds nobody saw
+    for result in two_ranks[0]:  # every rank logs the same totals, zero for the kinds nobody saw
         metrics = result["skip_one"]["metrics"]
         logged = {
             key.removeprefix("data/"): value for key, value in metrics.items() if key.startswith("data/")

@@ -13,6 +13,7 @@ their gradients are dropped (`grad = None`), and torch optimizers leave a parame
 A skipped step is still a trainer step: `global_step`, `samples_seen` and the learning-rate schedule advance.
 The run of consecutive skips is read on the host on logging steps only, so the run stops at the first logging
 step after `max_consecutive_skips` skips in a row (with `trainer.log_every_n_steps` steps of delay at most).
+Every rank stops; the stop line is printed by rank 0 alone (`TrainingDivergedError.same_on_every_rank`).
 Under DeepSpeed the engine owns the gradients and the step: this callback then does nothing (DeepSpeed's fp16
 loss scaler skips overflowing steps itself). With fp16 AMP, Lightning's GradScaler keeps its own skip.
 """
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 class TrainingDivergedError(CliplabError):
     """Too many optimizer steps in a row had non-finite gradients."""
+
+    same_on_every_rank = True  # every rank counts the same reduced gradients and stops at the same step
 
 
 class TrainingHealth(pl.Callback):

@@ -74,9 +74,21 @@ def check_safe(path: str | Path, allow_unsafe_pickle: bool = False) -> str:
         _check_dcp_metadata(path, allow_unsafe_pickle)
         refuse_unsafe_pickle(path / "meta.pt")
     else:
-        for file in sorted(path.rglob("*.pt")):
-            refuse_unsafe_pickle(file)
+        with torch.serialization.safe_globals(_deepspeed_globals()):
+            for file in sorted(path.rglob("*.pt")):
+                refuse_unsafe_pickle(file)
     return kind
+
+
+def _deepspeed_globals() -> list:
+    """The plain-data DeepSpeed classes its ZeRO optimizer-state files pickle: the stage (an int enum), a
+    partition's (numel, start) and the loss scaler's numbers. DeepSpeed itself reads those files with full
+    unpickling (resume, zero_to_fp32), so a folder is checked first with these allowed and nothing else."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler]
 
 
 def _dcp_state(path: Path) -> dict:
@@ -94,7 +106,11 @@ def _deepspeed_state(path: Path) -> dict:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     tag = (path / "latest").read_text().strip()
-    client = torch.load(path / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
+    # rank 0's model states (ZeRO-3: one file per rank, each with the client state) hold Lightning's keys
+    states = path / tag / "mp_rank_00_model_states.pt"
+    if not states.is_file():
+        states = path / tag / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    client = torch.load(states, map_location="cpu", weights_only=True)
     checkpoint = {k: v for k, v in client.items() if k not in ("module", "optimizer", "buffer_names")}
     checkpoint["state_dict"] = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)
     return checkpoint

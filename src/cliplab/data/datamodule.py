@@ -73,9 +73,11 @@ class EpochDataLoader(StatefulDataLoader):
             info = dist_info()
             rank, world = info.rank, info.world_size
             if len(state["per_rank"]) != world:
+                # Lightning still counts the epoch's batches already done: the epoch ends after the rest
                 log.warning(
-                    "the checkpoint holds the data positions of %d ranks, this run has %d: the interrupted "
-                    "epoch starts again from its beginning",
+                    "the checkpoint holds the data positions of %d ranks, this run has %d: the rest of the "
+                    "interrupted epoch is read from that epoch's beginning (samples seen before the interruption "
+                    "repeat, the epoch's last ones are left out)",
                     len(state["per_rank"]),
                     world,
                 )

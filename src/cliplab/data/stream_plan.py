@@ -15,6 +15,7 @@ The rule (docs/contracts.md, "Even ranks"):
   rank, dealt to the workers round robin (the streams never run dry).
 """
 
+import heapq
 from dataclasses import dataclass
 
 
@@ -29,19 +30,40 @@ class SlotPlan:
 
 
 def deal(total: int, capacities: list[int]) -> list[int]:
-    """`total` items dealt round robin to bins that hold at most `capacities[i]` each."""
-    shares = [0] * len(capacities)
-    left = total
-    while left > 0:
-        progressed = False
-        for i, cap in enumerate(capacities):
-            if left and shares[i] < cap:
-                shares[i] += 1
-                left -= 1
-                progressed = True
-        if not progressed:
-            raise ValueError(f"cannot deal {total} batches to capacities {capacities}")
+    """`total` items dealt round robin to bins that hold at most `capacities[i]` each.
+
+    The closed form of dealing one item per bin per round in index order (a full bin is passed over):
+    after `level` full rounds bin i holds min(cap_i, level); the last, partial round gives one more to the
+    first bins, in index order, that still have room. Counting one item at a time took a minute for a
+    LAION-sized epoch.
+    """
+    caps = [max(0, cap) for cap in capacities]
+    if total <= 0:
+        return [0] * len(caps)
+    if total > sum(caps):
+        raise ValueError(f"cannot deal {total} batches to capacities {capacities}")
+    level = _fill_level(total, caps)
+    shares = [min(cap, level) for cap in caps]
+    left = total - sum(shares)  # fewer than the bins with room above `level`, else `level` were higher
+    for i, cap in enumerate(caps):
+        if left == 0:
+            break
+        if cap > level:
+            shares[i] += 1
+            left -= 1
     return shares
+
+
+def _fill_level(total: int, caps: list[int]) -> int:
+    """The most full rounds `total` items complete: the largest level with sum(min(cap, level)) <= total."""
+    low, high = 0, max(caps)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if sum(min(cap, mid) for cap in caps) <= total:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def slot_shards(shards: list[str], sizes: dict[str, int], slots: int) -> list[tuple[list[str], int, int]]:
@@ -53,11 +75,13 @@ def slot_shards(shards: list[str], sizes: dict[str, int], slots: int) -> list[tu
         for i, shard in enumerate(shards):
             groups[i % slots].append(shard)
     else:
-        load = [0] * slots
+        # the least-filled slot (then the fewest shards, then the lowest index) from a heap: only the slot
+        # just filled changes its key, so this is the plain scan over all slots without its shards x slots cost
+        least = [(0, 0, k) for k in range(slots)]
         for shard in sorted(shards, key=lambda s: (-sizes[s], s)):
-            slot = min(range(slots), key=lambda k: (load[k], len(groups[k]), k))
+            load, count, slot = heapq.heappop(least)
             groups[slot].append(shard)
-            load[slot] += sizes[shard]
+            heapq.heappush(least, (load + sizes[shard], count + 1, slot))
     return [(sorted(g), 1, 0) for g in groups]
 
 
