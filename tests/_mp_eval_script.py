@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from _mp_common import WORLD, strategy
+from _tiny import quiet_trainer
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
@@ -127,15 +129,10 @@ def main() -> None:
     torch.set_num_threads(1)
     evals = EvalsCallback(eval_entries(bench_dir, pairs_csv))
     retrieval = RetrievalCallback("val")
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=pl.strategies.DDPStrategy(process_group_backend="gloo"),
+    trainer = quiet_trainer(
+        devices=WORLD,
+        strategy=strategy("ddp"),
         max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # SplitData gives each rank its own slice
         callbacks=[evals, retrieval],
