@@ -112,6 +112,12 @@ def open_clip_wds_data():
     return open_clip_data
 
 
+# open_clip_train's arguments that every run here shares: one process, no validation set, no resampling.
+OPEN_CLIP_FIXED = dict(
+    val_data=None, dataset_resampled=False, train_data_upsampling_factors=None, seed=0, world_size=1
+)
+
+
 def open_clip_dataset(
     pattern: str,
     samples: int,
@@ -125,15 +131,7 @@ def open_clip_dataset(
     from open_clip.transform import image_transform  # noqa: PLC0415
 
     args = SimpleNamespace(
-        train_data=pattern,
-        val_data=None,
-        train_num_samples=samples,
-        dataset_resampled=False,
-        train_data_upsampling_factors=None,
-        seed=0,
-        batch_size=batch,
-        workers=workers,
-        world_size=1,
+        train_data=pattern, train_num_samples=samples, batch_size=batch, workers=workers, **OPEN_CLIP_FIXED
     )
     preprocess = image_transform(image_size, is_train=True, mean=CLIP_MEAN, std=CLIP_STD)
     tokenizer = SimpleTokenizer(context_length=context)
