@@ -101,32 +101,47 @@ def cliplab_loader(pattern: str, samples: int, workers: int):
     return dm.train_dataloader()
 
 
-def open_clip_loader(pattern: str, samples: int, workers: int):
+def open_clip_wds_data():
+    """`open_clip_train.data`, patched for webdataset >= 1.0."""
     import open_clip_train.data as open_clip_data  # noqa: PLC0415
-    from open_clip.tokenizer import SimpleTokenizer  # noqa: PLC0415
-    from open_clip.transform import image_transform  # noqa: PLC0415
     from webdataset.tariterators import tar_file_expander  # noqa: PLC0415
 
     # webdataset >= 1.0 ends each shard with an empty "EOF" sample that open_clip 3.3's grouping cannot
     # handle (KeyError 'fname'); turning the marker off restores the behaviour open_clip was written for.
     open_clip_data.tar_file_expander = functools.partial(tar_file_expander, eof_value=None)
+    return open_clip_data
+
+
+# open_clip_train's arguments that every run here shares: one process, no validation set, no resampling.
+OPEN_CLIP_FIXED = dict(
+    val_data=None, dataset_resampled=False, train_data_upsampling_factors=None, seed=0, world_size=1
+)
+
+
+def open_clip_dataset(
+    pattern: str,
+    samples: int,
+    workers: int,
+    batch: int = BATCH,
+    image_size: int = IMAGE_SIZE,
+    context: int = 77,
+):
+    """open_clip_train's training webdataset over `pattern` (its DataInfo), built as its main builds it."""
+    from open_clip.tokenizer import SimpleTokenizer  # noqa: PLC0415
+    from open_clip.transform import image_transform  # noqa: PLC0415
 
     args = SimpleNamespace(
-        train_data=pattern,
-        val_data=None,
-        train_num_samples=samples,
-        dataset_resampled=False,
-        train_data_upsampling_factors=None,
-        seed=0,
-        batch_size=BATCH,
-        workers=workers,
-        world_size=1,
+        train_data=pattern, train_num_samples=samples, batch_size=batch, workers=workers, **OPEN_CLIP_FIXED
     )
-    preprocess = image_transform(IMAGE_SIZE, is_train=True, mean=CLIP_MEAN, std=CLIP_STD)
-    info = open_clip_data.get_wds_dataset(
-        args, preprocess, is_train=True, floor=True, tokenizer=SimpleTokenizer(context_length=77)
+    preprocess = image_transform(image_size, is_train=True, mean=CLIP_MEAN, std=CLIP_STD)
+    tokenizer = SimpleTokenizer(context_length=context)
+    return open_clip_wds_data().get_wds_dataset(
+        args, preprocess, is_train=True, floor=True, tokenizer=tokenizer
     )
-    return info.dataloader
+
+
+def open_clip_loader(pattern: str, samples: int, workers: int):
+    return open_clip_dataset(pattern, samples, workers).dataloader
 
 
 def worker(spec: dict) -> dict:

@@ -13,22 +13,13 @@ second row turns that off.
     python -m bench end_to_end [--quick]
 """
 
-import math
 import os
 import sys
 import time
 
 import torch
 
-from bench.bench_train_step import (
-    bench_trainer,
-    compose_group,
-    load_reference_state,
-    model_config,
-    openclip_config,
-    openclip_param_groups,
-    write_reference_state,
-)
+from bench import bench_train_step as step
 
 SHORT_SIDE = 128  # stored images larger than the 64 px model input, so decode + crop do real work
 
@@ -44,10 +35,10 @@ def run_cliplab(spec: dict, model_cfg: dict) -> dict:
 
     keep_freed_memory()  # what cliplab.pipeline.train does (keep_freed_host_memory: true)
     module = CLIPModule(
-        model=model_cfg, loss=compose_group("loss", "clip"), optim=compose_group("optim", "adamw")
+        model=model_cfg, loss=step.compose_group("loss", "clip"), optim=step.compose_group("optim", "adamw")
     )
     module.configure_model()
-    load_openclip_state_dict(module.model, load_reference_state(spec["state_path"]))
+    load_openclip_state_dict(module.model, step.load_reference_state(spec["state_path"]))
     steps = spec["samples"] // spec["batch"]
     marks: dict = {}
 
@@ -68,66 +59,35 @@ def run_cliplab(spec: dict, model_cfg: dict) -> dict:
         persistent_workers=False,
         trim_padding=spec.get("trim_padding", True),
     )
-    trainer = bench_trainer(spec["device"], "32-true", max_steps=steps, max_epochs=1, callbacks=[Clock()])
+    trainer = step.bench_trainer(
+        spec["device"], "32-true", max_steps=steps, max_epochs=1, callbacks=[Clock()]
+    )
     trainer.fit(module, datamodule=datamodule)
     return _result(spec, start, marks, trainer.global_step)
 
 
 def run_open_clip(spec: dict, model_cfg: dict) -> dict:
-    import functools
-    from types import SimpleNamespace
-
-    import open_clip_train.data as open_clip_data
     from open_clip.loss import ClipLoss
-    from open_clip.model import CLIP
-    from open_clip.tokenizer import SimpleTokenizer
-    from open_clip.transform import image_transform
-    from webdataset.tariterators import tar_file_expander
 
-    from cliplab.data.transforms import CLIP_MEAN, CLIP_STD
+    from bench.bench_data import open_clip_dataset, open_clip_wds_data
 
-    # webdataset >= 1.0 ends each shard with an EOF sample open_clip 3.3 cannot group (see bench_data).
-    open_clip_data.tar_file_expander = functools.partial(tar_file_expander, eof_value=None)
+    open_clip_wds_data()  # imported and patched before the clock starts, as it was: the clock times the loader
     device = torch.device(spec["device"])
-    model = CLIP(**openclip_config(model_cfg), output_dict=True)
-    model.load_state_dict(load_reference_state(spec["state_path"]))
-    model.to(device).train()
-    optim = compose_group("optim", "adamw")
-    optimizer = torch.optim.AdamW(
-        openclip_param_groups(model, optim["weight_decay"]),
-        lr=optim["lr"],
-        betas=tuple(optim["betas"]),
-        eps=optim["eps"],
-    )
+    model = step.openclip_reference_model(spec["state_path"], model_cfg).to(device)
+    optimizer = step.openclip_adamw(model, step.compose_group("optim", "adamw"))
     loss_fn = ClipLoss()
     marks: dict = {}
     steps = 0
 
     start = time.perf_counter()
-    args = SimpleNamespace(
-        train_data=spec["pattern"],
-        val_data=None,
-        train_num_samples=spec["samples"],
-        dataset_resampled=False,
-        train_data_upsampling_factors=None,
-        seed=0,
-        batch_size=spec["batch"],
-        workers=spec["workers"],
-        world_size=1,
+    image_size, context = model_cfg["image_size"], model_cfg["context_length"]
+    data = open_clip_dataset(
+        spec["pattern"], spec["samples"], spec["workers"], spec["batch"], image_size, context
     )
-    preprocess = image_transform(model_cfg["image_size"], is_train=True, mean=CLIP_MEAN, std=CLIP_STD)
-    tokenizer = SimpleTokenizer(context_length=model_cfg["context_length"])
-    data = open_clip_data.get_wds_dataset(args, preprocess, is_train=True, floor=True, tokenizer=tokenizer)
     data.set_epoch(0)
     for i, (images, tokens) in enumerate(data.dataloader):
         images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        out = model(images, tokens)
-        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+        loss = step.openclip_step(model, loss_fn, optimizer, images, tokens)
         if i == 0:
             marks["first_loss"] = float(loss.detach())
             marks["first"] = time.perf_counter()
@@ -151,7 +111,7 @@ def _result(spec: dict, start: float, marks: dict, steps: int) -> dict:
 
 def worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
-    model_cfg = model_config(spec["model"])
+    model_cfg = step.model_config(spec["model"])
     run = run_cliplab if spec["side"] == "cliplab" else run_open_clip
     result = run(spec, model_cfg)
     result.update(side=spec["side"], threads=torch.get_num_threads())
@@ -166,7 +126,7 @@ def cases(device: str, threads: int, quick: bool, state_dir: str) -> list:
     pattern = write_synthetic_shards(os.path.join(state_dir, "shards"), SHORT_SIDE, samples)
     path = os.path.join(state_dir, "tiny.safetensors")
     if not os.path.exists(path):
-        write_reference_state(model_config("tiny"), path)
+        step.write_reference_state(step.model_config("tiny"), path)
     workers = 1 if (os.cpu_count() or 1) <= 2 else 4
     spec = dict(
         model="tiny",

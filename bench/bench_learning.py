@@ -37,8 +37,8 @@ from bench.bench_train_step import (
     compose_group,
     load_reference_state,
     model_config,
-    openclip_config,
-    openclip_param_groups,
+    openclip_adamw,
+    openclip_reference_model,
     openclip_step,
     write_reference_state,
 )
@@ -143,20 +143,12 @@ def run_cliplab(spec: dict, model_cfg: dict, loader) -> dict:
 
 def run_open_clip(spec: dict, model_cfg: dict, loader) -> dict:
     from open_clip.loss import ClipLoss
-    from open_clip.model import CLIP
     from open_clip_train.scheduler import cosine_lr
     from safetensors.torch import save_file
 
-    model = CLIP(**openclip_config(model_cfg), output_dict=True)
-    model.load_state_dict(load_reference_state(spec["state_path"]))
-    model.train()
+    model = openclip_reference_model(spec["state_path"], model_cfg)
     optim = compose_group("optim", "adamw")
-    optimizer = torch.optim.AdamW(
-        openclip_param_groups(model, optim["weight_decay"]),
-        lr=optim["lr"],
-        betas=tuple(optim["betas"]),
-        eps=optim["eps"],
-    )
+    optimizer = openclip_adamw(model, optim)
     steps = spec["steps"]
     scheduler = cosine_lr(optimizer, optim["lr"], warmup_steps(steps), steps)
     loss_fn = ClipLoss()

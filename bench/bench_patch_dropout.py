@@ -61,22 +61,12 @@ def cases(device: str, threads: int, quick: bool, state_dir: str) -> list:
     else:
         grid = [("vit_b32", 32, "fp32", 2, 3), ("vit_b32", 32, "bf16", 2, 3)]
     out, states = [], {}
-    for name, batch, precision, warmup, steps in grid:
+    for row in grid:
+        name, batch, precision = row[:3]
         if name not in states:
             path = os.path.join(state_dir, f"{name}.safetensors")
             states[name] = step.write_reference_state(step.model_config(name), path)
-        spec = dict(
-            model=name,
-            batch=batch,
-            precision=precision,
-            warmup=warmup,
-            steps=steps,
-            device=device,
-            threads=threads,
-            seed=0,
-            state_path=states[name],
-            rate=RATE,
-        )
+        spec = step.step_spec(row, device, threads, states[name], rate=RATE)
         out.append(
             Case(
                 name=f"patch dropout {RATE} {name} b{batch} {precision}",

@@ -109,21 +109,18 @@ def make_batches(model_cfg: dict, batch: int, count: int, seed: int = 0) -> list
     return out
 
 
+# What a timed Trainer leaves out: nothing is logged, saved, drawn, summarised or validated.
+QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+NO_VALIDATION = dict(num_sanity_val_steps=0, limit_val_batches=0)
+
+
 def bench_trainer(device: str, precision: str, **fit_options):
-    """A Lightning Trainer that only trains: no logging, checkpoints, bars or validation to time."""
+    """A Lightning Trainer that only trains, on one device."""
     import pytorch_lightning as pl
 
+    accelerator = "gpu" if device.startswith("cuda") else "cpu"
     return pl.Trainer(
-        accelerator="gpu" if device.startswith("cuda") else "cpu",
-        devices=1,
-        precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        **fit_options,
+        accelerator=accelerator, devices=1, precision=precision, **QUIET, **NO_VALIDATION, **fit_options
     )
 
 
@@ -270,6 +267,21 @@ def openclip_param_groups(model: torch.nn.Module, weight_decay: float) -> list[d
     ]
 
 
+def openclip_reference_model(state_path: str, model_cfg: dict) -> torch.nn.Module:
+    """open_clip's CLIP (feature dict outputs) with the reference weights at `state_path`, in train mode."""
+    from open_clip.model import CLIP
+
+    model = CLIP(**openclip_config(model_cfg), output_dict=True)
+    model.load_state_dict(load_reference_state(state_path))
+    return model.train()
+
+
+def openclip_adamw(model: torch.nn.Module, optim: dict) -> torch.optim.AdamW:
+    """AdamW as open_clip_train builds it, with the settings of a cliplab optim config."""
+    groups = openclip_param_groups(model, optim["weight_decay"])
+    return torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), eps=optim["eps"])
+
+
 def openclip_step(model, loss_fn, optimizer, images, tokens, bf16: bool = False) -> torch.Tensor:
     """One step of `open_clip_train.train` reduced to its compute: autocast, loss, backward, AdamW, clamp."""
     optimizer.zero_grad(set_to_none=True)
@@ -285,23 +297,14 @@ def openclip_step(model, loss_fn, optimizer, images, tokens, bf16: bool = False)
 
 def run_open_clip(spec: dict, model_cfg: dict, batches: list[tuple]) -> dict:
     from open_clip.loss import ClipLoss
-    from open_clip.model import CLIP
 
     device = torch.device(spec["device"])
-    model = CLIP(**openclip_config(model_cfg), output_dict=True)
-    model.load_state_dict(load_reference_state(spec["state_path"]))
-    model.to(device).train()
+    model = openclip_reference_model(spec["state_path"], model_cfg).to(device)
     if model_cfg["image_tower"].get("grad_checkpointing"):
         model.set_grad_checkpointing(True)
     if spec.get("compile"):
         model = torch.compile(model)  # what open_clip_train's --torchcompile does
-    optim = compose_group("optim", spec.get("optim", "adamw"))
-    optimizer = torch.optim.AdamW(
-        openclip_param_groups(model, optim["weight_decay"]),
-        lr=optim["lr"],
-        betas=tuple(optim["betas"]),
-        eps=optim["eps"],
-    )
+    optimizer = openclip_adamw(model, compose_group("optim", spec.get("optim", "adamw")))
     loss_fn = ClipLoss()
     bf16 = spec["precision"] == "bf16"
     clock = StepClock(
@@ -342,6 +345,14 @@ def worker(spec: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- cases
+GRID_FIELDS = ("model", "batch", "precision", "warmup", "steps")  # a row of a benchmark's grid
+
+
+def step_spec(row: tuple, device: str, threads: int, state_path: str, **extra) -> dict:
+    """The worker spec of one grid row; `extra`: the row's levers or the benchmark's own settings."""
+    return dict(zip(GRID_FIELDS, row), device=device, threads=threads, seed=0, state_path=state_path, **extra)
+
+
 def cases(device: str, threads: int, quick: bool, state_dir: str, levers: str = "") -> list:
     """The table rows of this benchmark (reference weights are written into `state_dir`)."""
     from bench.harness import Case
@@ -380,18 +391,8 @@ def cases(device: str, threads: int, quick: bool, state_dir: str, levers: str = 
         for suffix, extra in variants:
             if "channels_last" in extra and not model_cfg["image_tower"].get("channels_last"):
                 continue  # the lever only exists for convolutional towers
-            spec = dict(
-                model=name,
-                batch=batch,
-                precision=precision,
-                warmup=warmup + (2 if extra.get("compile") else 0),
-                steps=steps,
-                device=device,
-                threads=threads,
-                seed=0,
-                state_path=states[name],
-                **extra,
-            )
+            row = (name, batch, precision, warmup + (2 if extra.get("compile") else 0), steps)
+            spec = step_spec(row, device, threads, states[name], **extra)
             out.append(
                 Case(
                     name=f"train step {name} b{batch} {precision}{suffix}",

@@ -14,21 +14,17 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from _mp_common import full, mp_trainer
+from _mp_train_script import LOSS, MODEL, OPTIM, Data
 
 from cliplab.checkpoints.teacher import load_teacher
 from cliplab.lit.module import CLIPModule
-from tests._mp_train_script import LOSS, MODEL, OPTIM, WORLD, Data, strategy
 
 EMA = {"decay": 0.9, "warmup": True}
 
 
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    tensor = tensor.detach()
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor.clone()
-
-
 def _average(module: CLIPModule) -> dict:
-    return {k: _full(v) for k, v in module.ema.weights.named_parameters()}
+    return {k: full(v) for k, v in module.ema.weights.named_parameters()}
 
 
 class Record(pl.Callback):
@@ -39,7 +35,7 @@ class Record(pl.Callback):
         self.at_start = _average(module)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.live.append({k: _full(v) for k, v in module.model.named_parameters()})
+        self.live.append({k: full(v) for k, v in module.model.named_parameters()})
         self.distill.append(float(trainer.callback_metrics["train/distill_loss"]))
 
 
@@ -49,20 +45,7 @@ def fit(name: str, out: Path, teacher: str, epochs: int, ckpt_path: str | None =
     module = CLIPModule(model=MODEL, loss=LOSS, optim=OPTIM, scheduler=None, ema=EMA, distill=distill)
     module.teacher = load_teacher(distill, MODEL)  # every rank its own full copy
     record = Record()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=WORLD,
-        strategy=strategy(name),
-        max_epochs=epochs,
-        precision="32-true",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[record],
-        num_sanity_val_steps=0,
-        default_root_dir=str(out),
-    )
+    trainer = mp_trainer(name, out, [record], max_epochs=epochs)
     trainer.fit(module, datamodule=Data(), ckpt_path=ckpt_path)
     return module, record, trainer
 

@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from _mp_common import WORLD, strategy
+from _mp_train_script import CONTEXT, EMBED, IMAGE_SIZE, VOCAB
+from _mp_train_script import MODEL as TRAIN_MODEL
+from _tiny import quiet_trainer
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
@@ -27,33 +31,14 @@ from cliplab.eval.evaluators.probe import KShotProbe, LinearProbe
 from cliplab.eval.evaluators.retrieval import PairedRetrieval
 from cliplab.eval.evaluators.zeroshot import ZeroShotClassification
 
-IMAGE_SIZE, CONTEXT, VOCAB, EMBED = 32, 16, 1000, 32
 RETRIEVAL_PAIRS = 23  # odd, and not a multiple of the batch: the ranks get different numbers of pairs
 TEMPLATES = ["a photo of a {}.", "{}"]
-
+# The training scripts' tiny CLIP, with the towers' default activations and the default temperature.
 MODEL = {
-    "_target_": "cliplab.models.clip.CLIP",
+    "_target_": TRAIN_MODEL["_target_"],
     "embed_dim": EMBED,
-    "image_tower": {
-        "_target_": "cliplab.models.image_tower.TimmImageTower",
-        "model_name": "vit_base_patch16_clip_224",
-        "embed_dim": EMBED,
-        "image_size": IMAGE_SIZE,
-        "width": 64,
-        "depth": 2,
-        "num_heads": 2,
-        "pool": "token",
-        "proj": "linear",
-    },
-    "text_tower": {
-        "_target_": "cliplab.models.text_tower.CLIPTextTower",
-        "embed_dim": EMBED,
-        "context_length": CONTEXT,
-        "vocab_size": VOCAB,
-        "width": 64,
-        "heads": 2,
-        "layers": 2,
-    },
+    "image_tower": {k: v for k, v in TRAIN_MODEL["image_tower"].items() if k != "act"},
+    "text_tower": {k: v for k, v in TRAIN_MODEL["text_tower"].items() if k != "act"},
 }
 
 
@@ -127,15 +112,10 @@ def main() -> None:
     torch.set_num_threads(1)
     evals = EvalsCallback(eval_entries(bench_dir, pairs_csv))
     retrieval = RetrievalCallback("val")
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=pl.strategies.DDPStrategy(process_group_backend="gloo"),
+    trainer = quiet_trainer(
+        devices=WORLD,
+        strategy=strategy("ddp"),
         max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # SplitData gives each rank its own slice
         callbacks=[evals, retrieval],

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from _mp_common import strategy as mp_strategy
+from _tiny import CONTEXT, IMAGE_SIZE, LOSS, MODEL, VOCAB, quiet_trainer
 from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 
 from cliplab.callbacks.data_faults import DataFaultLogger
@@ -21,32 +23,7 @@ from cliplab.data.faults import FaultLog
 from cliplab.lit.module import CLIPModule
 from cliplab.utils.errors import print_user_error
 
-EMBED, IMAGE_SIZE, CONTEXT, VOCAB, BATCH = 16, 32, 8, 64, 4
-MODEL = {
-    "_target_": "cliplab.models.clip.CLIP",
-    "embed_dim": EMBED,
-    "image_size": IMAGE_SIZE,
-    "context_length": CONTEXT,
-    "image_tower": {
-        "_target_": "cliplab.models.image_tower.TimmImageTower",
-        "model_name": "vit_base_patch16_clip_224",
-        "embed_dim": EMBED,
-        "image_size": IMAGE_SIZE,
-        "width": 32,
-        "depth": 1,
-        "num_heads": 2,
-    },
-    "text_tower": {
-        "_target_": "cliplab.models.text_tower.CLIPTextTower",
-        "embed_dim": EMBED,
-        "context_length": CONTEXT,
-        "vocab_size": VOCAB,
-        "width": 32,
-        "layers": 1,
-        "heads": 2,
-    },
-}
-LOSS = {"_target_": "cliplab.losses.ClipLoss"}
+BATCH = 4
 STEPS = 4
 NAN_STEP = 1  # skip_one: NaN in this step's images on one rank
 K = 2  # stop_after_k: max_consecutive_skips; NaN from NAN_STEP on
@@ -116,16 +93,6 @@ def _equal(a: dict | None, b: dict) -> bool | None:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _strategy(devices: int, name: str):
-    if devices == 1:
-        return "auto"
-    if name == "fsdp":
-        from cliplab.lit.sharding import FSDP2Strategy
-
-        return FSDP2Strategy(process_group_backend="gloo")
-    return pl.strategies.DDPStrategy(process_group_backend="gloo")
-
-
 def _fit(
     out: Path,
     devices: int,
@@ -140,16 +107,13 @@ def _fit(
     optim = optim or {"_target_": "torch.optim.AdamW", "lr": 1e-3}
     module = CLIPModule(model=MODEL, loss=loss, optim=optim, accumulation=accumulation)
     snapshots = Snapshots()
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         devices=devices,
-        strategy=_strategy(devices, strategy),
+        strategy=mp_strategy(strategy) if devices > 1 else "auto",
         max_epochs=1,
         log_every_n_steps=1,
-        logger=False,
+        enable_checkpointing=None,  # Lightning's default: stop_after_k passes its own ModelCheckpoint
         use_distributed_sampler=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[snapshots, *callbacks],
         default_root_dir=str(out),
     )

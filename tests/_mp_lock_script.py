@@ -8,16 +8,16 @@ the losses, the locked and trainable parameter names, which of them changed, and
 locked after the resume and those the resumed step changed.
 """
 
-import json
 import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from _mp_common import full, mp_trainer, write_on_rank0
+from _mp_train_script import LOSS, MODEL, dataset
 from torch.utils.data import DataLoader, TensorDataset
 
 from cliplab.lit.module import CLIPModule
-from tests._mp_train_script import LOSS, MODEL, dataset, strategy
 
 # Image tower: only the projection trains (every block's FSDP2 unit is locked whole, the tower's own unit
 # mixes the locked stem with the trainable projection); text tower: the last block, final LayerNorm and
@@ -28,11 +28,7 @@ OPTIM = {"_target_": "torch.optim.AdamW", "lr": 1e-2, "weight_decay": 0.1}
 
 def full_state(module: CLIPModule) -> dict[str, torch.Tensor]:
     """Every parameter in full (a collective under FSDP2: every rank calls it in the same order)."""
-    out = {}
-    for name, param in module.model.named_parameters():
-        value = param.detach()
-        out[name] = (value.full_tensor() if hasattr(value, "full_tensor") else value).clone()
-    return out
+    return {name: full(param) for name, param in module.model.named_parameters()}
 
 
 class Watch(pl.Callback):
@@ -59,20 +55,7 @@ def fit(name: str, out: Path, steps: int, ckpt_path: str | None = None) -> Watch
     pl.seed_everything(0)
     watch = Watch()
     module = CLIPModule(model=LOCKED_MODEL, loss=LOSS, optim=OPTIM, scheduler=None)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=strategy(name),
-        max_steps=steps,
-        precision="32-true",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[watch],
-        num_sanity_val_steps=0,
-        default_root_dir=str(out),
-    )
+    trainer = mp_trainer(name, out, [watch], max_steps=steps)
     trainer.fit(module, datamodule=Data(), ckpt_path=ckpt_path)
     if ckpt_path is None:
         trainer.save_checkpoint(str(out / f"{name}.ckpt"))
@@ -93,8 +76,7 @@ def main() -> None:
         }
     resumed = fit("fsdp", out, steps=3, ckpt_path=str(out / "fsdp.ckpt"))
     result["fsdp"].update(resumed_locked=resumed.locked, resumed_changed=resumed.changed)
-    if torch.distributed.get_rank() == 0:
-        (out / "result.json").write_text(json.dumps(result))
+    write_on_rank0(out / "result.json", result)
 
 
 if __name__ == "__main__":

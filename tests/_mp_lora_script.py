@@ -7,13 +7,13 @@ writes `<out_dir>/result.json`: per-step losses, whether every base weight is bi
 at the start of training, and whether the adapters changed.
 """
 
-import json
 import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from _mp_train_script import LOSS, MODEL, OPTIM, Data, strategy  # this script's folder is on sys.path
+from _mp_common import full, mp_trainer, write_on_rank0
+from _mp_train_script import LOSS, MODEL, OPTIM, Data
 from omegaconf import OmegaConf
 
 from cliplab.lit.module import CLIPModule
@@ -24,11 +24,7 @@ LORA_MODEL = {**MODEL, "init_logit_scale": 2.6592600369327779}
 
 
 def _full_state(module) -> dict:
-    state = {}
-    for name, value in module.model.state_dict().items():
-        value = value.full_tensor() if hasattr(value, "full_tensor") else value  # FSDP2 DTensors
-        state[name] = value.detach().clone()
-    return state
+    return {name: full(value) for name, value in module.model.state_dict().items()}
 
 
 class Watch(pl.Callback):
@@ -49,20 +45,7 @@ def fit(name: str, out: Path) -> dict:
     pl.seed_everything(0)
     watch = Watch()
     module = CLIPModule(model=LORA_MODEL, loss=LOSS, optim=OPTIM, scheduler=None, lora=LORA)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=strategy(name),
-        max_epochs=1,
-        precision="32-true",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[watch],
-        num_sanity_val_steps=0,
-        default_root_dir=str(out),
-    )
+    trainer = mp_trainer(name, out, [watch], max_epochs=1)
     trainer.fit(module, datamodule=Data())
     base = [k for k in watch.start if ".lora_" not in k]
     adapters = [k for k in watch.start if "lora_B" in k]
@@ -79,8 +62,7 @@ def main() -> None:
     out = Path(sys.argv[1])
     torch.set_num_threads(1)
     result = {name: fit(name, out / name) for name in ("ddp", "fsdp")}
-    if torch.distributed.get_rank() == 0:
-        (out / "result.json").write_text(json.dumps(result))
+    write_on_rank0(out / "result.json", result)
 
 
 if __name__ == "__main__":

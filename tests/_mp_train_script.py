@@ -8,19 +8,19 @@ first (saving a checkpoint); resuming from that checkpoint for the second epoch.
 The same seed, data and model config are used for every strategy, so runs can be compared step by step.
 """
 
-import json
 import math
 import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from _mp_common import WORLD, mp_trainer, write_on_rank0
 from torch.utils.data import DataLoader, TensorDataset
 
 from cliplab.lit.module import CLIPModule
 
 IMAGE_SIZE, CONTEXT, VOCAB, EMBED = 32, 16, 1000, 32
-LOCAL_BATCH, STEPS_PER_EPOCH, WORLD = 4, 3, 2
+LOCAL_BATCH, STEPS_PER_EPOCH = 4, 3
 # Above ln(100): the first optimizer step must clamp it.
 INIT_LOGIT_SCALE = 4.8
 
@@ -103,32 +103,11 @@ class Record(pl.Callback):
         self.scales.append(float(scale))
 
 
-def strategy(name: str):
-    if name == "ddp":
-        return pl.strategies.DDPStrategy(process_group_backend="gloo")
-    from cliplab.lit.sharding import FSDP2Strategy
-
-    return FSDP2Strategy(process_group_backend="gloo")
-
-
 def fit(name: str, out: Path, epochs: int, ckpt_path: str | None = None) -> Record:
     pl.seed_everything(0)
     record = Record()
     module = CLIPModule(model=MODEL, loss=LOSS, optim=OPTIM, scheduler=None)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=WORLD,
-        strategy=strategy(name),
-        max_epochs=epochs,
-        precision="32-true",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[record],
-        num_sanity_val_steps=0,
-        default_root_dir=str(out),
-    )
+    trainer = mp_trainer(name, out, [record], max_epochs=epochs)
     trainer.fit(module, datamodule=Data(), ckpt_path=ckpt_path)
     if ckpt_path is None and epochs == 1:
         trainer.save_checkpoint(str(out / "epoch0.ckpt"))
@@ -144,15 +123,14 @@ def main() -> None:
     straight = fit(name, out, epochs=2)
     first = fit(name, out, epochs=1)
     resumed = fit(name, out, epochs=2, ckpt_path=str(out / "epoch0.ckpt"))
-    if torch.distributed.get_rank() == 0:
-        result = {
-            "straight": {"losses": straight.losses, "scales": straight.scales},
-            "first": {"losses": first.losses, "scales": first.scales},
-            "resumed": {"losses": resumed.losses, "scales": resumed.scales},
-            "max_logit_scale": math.log(100.0),
-            "checkpoint_is_dir": (out / "epoch0.ckpt").is_dir(),
-        }
-        (out / "result.json").write_text(json.dumps(result))
+    result = {
+        "straight": {"losses": straight.losses, "scales": straight.scales},
+        "first": {"losses": first.losses, "scales": first.scales},
+        "resumed": {"losses": resumed.losses, "scales": resumed.scales},
+        "max_logit_scale": math.log(100.0),
+        "checkpoint_is_dir": (out / "epoch0.ckpt").is_dir(),
+    }
+    write_on_rank0(out / "result.json", result)
 
 
 if __name__ == "__main__":

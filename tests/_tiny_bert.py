@@ -19,17 +19,16 @@ VOCAB = [
     "long",
 ]
 VOCAB += ["caption", "##s", "na", "##ive", "cafe", ",", "."]
-TINY_BERT = dict(
-    model_type="bert",
-    vocab_size=len(VOCAB),
+# The encoder's size, shared by the tiny BERT here and the tiny encoders of every family in test_interop_hf.
+TINY_ENCODER = dict(
     hidden_size=32,
     num_hidden_layers=2,
     num_attention_heads=4,
     intermediate_size=64,
-    max_position_embeddings=64,
     hidden_dropout_prob=0.0,
     attention_probs_dropout_prob=0.0,
 )
+TINY_BERT = dict(model_type="bert", vocab_size=len(VOCAB), max_position_embeddings=64, **TINY_ENCODER)
 
 
 def save_tiny_bert_tokenizer(path: Path) -> Path:

@@ -19,6 +19,7 @@ from cliplab.callbacks.checkpoints import AtomicModelCheckpoint
 from cliplab.checkpoints.atomic import partial_path, publish, save_atomically
 from cliplab.checkpoints.find import newest_checkpoint, resolve_ckpt_path
 from cliplab.utils.errors import ConfigError
+from tests._torchrun import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -203,11 +204,7 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes(emoji_ready, tmp_p
 @pytest.fixture(scope="module")
 def fsdp_folder(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fsdp")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += [str(ROOT / "tests" / "_mp_train_script.py"), "fsdp", str(out), "save-only"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(ROOT / "tests" / "_mp_train_script.py", "fsdp", out, "save-only", timeout=400)
     assert (out / "epoch0.ckpt").is_dir()
     return out / "epoch0.ckpt"
 

@@ -19,6 +19,7 @@ from cliplab.utils.errors import ConfigError
 from cliplab.validate import validate
 from tests._distill_ranks_worker import WORLD, all_features, worker
 from tests._mp_train_script import LOSS, MODEL, OPTIM, Data
+from tests._tiny import quiet_trainer
 
 
 def test_loss_equals_open_clip_distill_clip_loss():
@@ -65,17 +66,7 @@ def _save_cliplab_teacher(path, model_cfg: dict) -> torch.nn.Module:
 
 
 def _quiet_trainer(**kw) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        **kw,
-    )
+    return quiet_trainer(max_steps=2, num_sanity_val_steps=0, limit_val_batches=0, **kw)
 
 
 class _Record(pl.Callback):

@@ -12,6 +12,7 @@ from cliplab.lit.module import CLIPModule
 from cliplab.utils.errors import ConfigError
 from cliplab.validate import validate
 from tests._mp_train_script import LOSS, MODEL, OPTIM, Data
+from tests._tiny import quiet_trainer
 
 
 def _reference(sequence: list[dict], decay: float, warmup: bool) -> dict:
@@ -62,13 +63,8 @@ def _fit(tmp_path, max_steps: int, ckpt_path=None) -> tuple[CLIPModule, _LiveWei
     pl.seed_everything(0)
     module = CLIPModule(model=MODEL, loss=LOSS, optim=OPTIM, ema={"decay": 0.9, "warmup": True})
     record = _LiveWeights()
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         callbacks=[record],

@@ -3,14 +3,12 @@ the average is equal on every rank (DDP) and, gathered from its shards (FSDP2), 
 same sequence of live weights computed in one process; it is saved and resumed exactly; the teacher stays
 frozen and out of the checkpoint."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests._torchrun import torchrun
 from tests.test_distill import _save_cliplab_teacher, _teacher_model_cfg
 from tests.test_ema import _reference
 
@@ -22,18 +20,7 @@ def ranks(request, tmp_path_factory) -> tuple[str, list[dict]]:
     out = tmp_path_factory.mktemp(f"ema_{request.param}")
     teacher = out / "teacher.ckpt"
     _save_cliplab_teacher(teacher, _teacher_model_cfg())
-    # the script imports the tiny model and data of tests/_mp_train_script.py: the repository root on the path
-    path = os.pathsep.join(filter(None, [str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run(
-        [*cmd, str(SCRIPT), request.param, str(out), str(teacher)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun(SCRIPT, request.param, out, teacher)
     return request.param, [torch.load(out / f"rank{r}.pt") for r in range(2)]
 
 

@@ -22,6 +22,7 @@ from cliplab.eval.benchmarks import ImageFolderBenchmark
 from cliplab.eval.evaluator import EvalContext
 from cliplab.eval.run import evaluate_retrieval, evaluate_zeroshot
 from tests import _mp_eval_script as script
+from tests._torchrun import torchrun
 from tests.evals_fixtures import pairs_table
 
 SCRIPT = Path(script.__file__)
@@ -46,16 +47,7 @@ def two_ranks(tmp_path_factory):
     root = tmp_path_factory.mktemp("mp_eval")
     bench_dir = noise_folder(root / "bench")
     pairs_csv = pairs_table(root / "pairs", n=11)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run(
-        [*cmd, str(SCRIPT), str(bench_dir), str(root / "out"), str(pairs_csv)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun(SCRIPT, bench_dir, root / "out", pairs_csv)
     return bench_dir, json.loads((root / "out" / "result.json").read_text()), pairs_csv
 
 

@@ -10,7 +10,7 @@ import torch
 
 from cliplab.lit.module import CLIPModule
 from cliplab.utils.errors import ConfigError
-from tests.test_module_training_step import MODEL
+from tests._tiny import MODEL, quiet_trainer
 
 SIGLIP_MODEL = {**MODEL, "init_logit_scale": math.log(10), "init_logit_bias": -10.0}
 SIGLIP = {"_target_": "cliplab.losses.SigLipLoss"}
@@ -31,16 +31,8 @@ def _one_step(accumulation: dict | None) -> tuple[dict, dict, float]:
     gen = torch.Generator().manual_seed(1)
     batch = (torch.randn(10, 3, 32, 32, generator=gen), torch.randint(1, 63, (10, 8), generator=gen))
     grads = _Grads()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        gradient_clip_val=1e9,  # Lightning's clipping runs (a no-op bound) on both paths
-        callbacks=[grads],
-    )
+    # Lightning's clipping runs (a no-op bound) on both paths
+    trainer = quiet_trainer(max_steps=1, gradient_clip_val=1e9, callbacks=[grads])
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None))
     params = {name: p.detach().clone() for name, p in module.model.named_parameters()}
     return grads.grads, params, float(trainer.callback_metrics["train/loss"])

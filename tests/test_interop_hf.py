@@ -14,19 +14,12 @@ from cliplab.models.clip import CLIP
 from cliplab.models.hf_text_tower import HFTextTower
 from cliplab.models.image_tower import TimmImageTower
 from cliplab.models.interop import load_openclip_state_dict
+from tests._tiny_bert import TINY_ENCODER
 
 EMBED = 48
 VISION = dict(layers=1, width=32, head_width=16, patch_size=16, image_size=32)
 LENGTH = 12
-_ENCODER = dict(
-    vocab_size=120,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-)
+_ENCODER = dict(vocab_size=120, **TINY_ENCODER)
 ENCODERS = {
     "bert": dict(model_type="bert", max_position_embeddings=LENGTH, **_ENCODER),
     # RoBERTa-style position ids start after the padding id: two more positions than tokens.

@@ -2,9 +2,6 @@
 locked weights bit-identical through real training steps and a resume, bad options stopped with one line."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,8 @@ from cliplab.models.locking import group_count, lock_tower
 from cliplab.models.text_tower import CLIPTextTower
 from cliplab.utils.errors import ConfigError
 from cliplab.validate import validate
+from tests._tiny import quiet_trainer
+from tests._torchrun import torchrun
 
 
 def trainable(module: nn.Module) -> set[str]:
@@ -145,15 +144,7 @@ class _Batches(torch.utils.data.Dataset):
 
 
 def _fit(module: CLIPModule, root, max_steps: int, ckpt_path=None) -> pl.Trainer:
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(root),
-    )
+    trainer = quiet_trainer(max_steps=max_steps, default_root_dir=str(root))
     loader = torch.utils.data.DataLoader(_Batches(), batch_size=None)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
     return trainer
@@ -227,16 +218,7 @@ def test_feature_cache_accumulation_with_a_locked_tower(tmp_path):
 def distributed(tmp_path_factory) -> dict:
     """tests/_mp_lock_script.py under torchrun: DDP and FSDP2 runs with both towers partly locked (~45 s)."""
     out = tmp_path_factory.mktemp("lock_mp")
-    root = Path(__file__).resolve().parents[1]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)]),
-    }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    script = root / "tests" / "_mp_lock_script.py"
-    proc = subprocess.run([*cmd, str(script), str(out)], env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun(Path(__file__).with_name("_mp_lock_script.py"), out, timeout=400)
     return json.loads((out / "result.json").read_text())
 
 

@@ -16,8 +16,8 @@ from cliplab.utils.errors import ConfigError
 from cliplab.validate import validate
 from tests._mp_train_script import LOSS
 from tests._mp_train_script import MODEL as MP_MODEL
+from tests._tiny import TinyBatches, quiet_trainer, tiny_loader
 from tests.conftest import CONF
-from tests.test_module_training_step import _Batches
 
 LORA = OmegaConf.to_container(OmegaConf.load(CONF / "lora" / "default.yaml"))
 # the multi-process tests start the temperature above its clamp; here it starts inside (frozen, it stays)
@@ -33,20 +33,7 @@ def _module(lora=LORA) -> CLIPModule:
 
 
 def _trainer(steps: int, **kwargs) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **kwargs,
-    )
-
-
-def _loader():
-    return torch.utils.data.DataLoader(_Batches(), batch_size=None)
+    return quiet_trainer(max_steps=steps, num_sanity_val_steps=0, **kwargs)
 
 
 def _base_state(module) -> dict:
@@ -71,7 +58,7 @@ def trained():
     module = _module()
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
     trainer = _trainer(3)
-    trainer.fit(module, train_dataloaders=_loader())
+    trainer.fit(module, train_dataloaders=tiny_loader())
     return module, trainer, before
 
 
@@ -98,7 +85,7 @@ def test_also_train_adds_the_temperature():
 
 def _merged(module):
     adapted = module.model.eval()
-    images, tokens = _Batches()[0]
+    images, tokens = TinyBatches()[0]
     with torch.no_grad():
         expected = adapted(images, tokens)
         merged = merge_lora(copy.deepcopy(adapted))
@@ -128,7 +115,7 @@ def test_export_after_merge_round_trips_through_open_clip_format(trained, tmp_pa
     fresh = CLIPModule(model=MODEL, loss=LOSS, optim=OPTIM)
     fresh.configure_model()
     load_openclip_checkpoint(fresh.model, out / "open_clip_model.safetensors")
-    images, tokens = _Batches()[0]
+    images, tokens = TinyBatches()[0]
     with torch.no_grad():
         got = fresh.model.eval()(images, tokens)
     for key in ("image_features", "text_features"):
@@ -145,7 +132,7 @@ def test_checkpoint_saves_and_resumes_with_adapters(trained, tmp_path):
     assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in state.items())
     resumed = CLIPModule(model=MODEL, loss=LOSS, optim=OPTIM, scheduler=None, lora=LORA)
     resumed_trainer = _trainer(5)
-    resumed_trainer.fit(resumed, train_dataloaders=_loader(), ckpt_path=str(path))
+    resumed_trainer.fit(resumed, train_dataloaders=tiny_loader(), ckpt_path=str(path))
     assert resumed_trainer.global_step == 5
     after = resumed.model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in state.items() if ".lora_" not in k)

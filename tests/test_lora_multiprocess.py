@@ -2,26 +2,19 @@
 base weights bit-identical on every rank, adapters trained, and the two strategies take the same steps."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests._torchrun import torchrun
+
 SCRIPT = Path(__file__).with_name("_mp_lora_script.py")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("mp_lora")
-    # this checkout's package first (the editable install may point at another checkout)
-    path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run([*cmd, str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun(SCRIPT, out)
     return json.loads((out / "result.json").read_text())
 
 

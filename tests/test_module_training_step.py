@@ -1,38 +1,10 @@
 """CLIPModule's step plumbing: fused AdamW by default, gradients freed before the forward, lazy FLOPs."""
 
 import pytorch_lightning as pl
-import torch
 
 from cliplab.callbacks.throughput import ClipThroughputMonitor
 from cliplab.lit.module import CLIPModule
-
-TEXT = {
-    "_target_": "cliplab.models.text_tower.CLIPTextTower",
-    "embed_dim": 16,
-    "context_length": 8,
-    "vocab_size": 64,
-    "width": 32,
-    "layers": 1,
-    "heads": 2,
-}
-IMAGE = {
-    "_target_": "cliplab.models.image_tower.TimmImageTower",
-    "model_name": "vit_base_patch16_clip_224",
-    "embed_dim": 16,
-    "image_size": 32,
-    "width": 32,
-    "depth": 1,
-    "num_heads": 2,
-}
-MODEL = {
-    "_target_": "cliplab.models.clip.CLIP",
-    "embed_dim": 16,
-    "image_size": 32,
-    "context_length": 8,
-    "image_tower": IMAGE,
-    "text_tower": TEXT,
-}
-LOSS = {"_target_": "cliplab.losses.ClipLoss"}
+from tests._tiny import LOSS, MODEL, quiet_trainer, tiny_loader
 
 
 def _module(**optim) -> CLIPModule:
@@ -47,33 +19,10 @@ def test_adamw_is_fused_unless_the_config_chooses():
     assert chosen["foreach"] is True and not chosen["fused"]
 
 
-class _Batches(torch.utils.data.Dataset):
-    def __init__(self, token_length: int = 8):
-        self.token_length = token_length
-
-    def __len__(self):
-        return 3
-
-    def __getitem__(self, i):
-        gen = torch.Generator().manual_seed(i)
-        tokens = torch.randint(1, 63, (4, self.token_length), generator=gen)
-        return torch.randn(4, 3, 32, 32, generator=gen), tokens
-
-
 def fit_three_steps(module: CLIPModule, token_length: int = 8) -> pl.Trainer:
     """Three steps on CPU, quiet, with the throughput monitor (it reads flops_per_batch)."""
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[ClipThroughputMonitor(peak_flops=1e9, window_size=2)],
-    )
-    trainer.fit(
-        module, train_dataloaders=torch.utils.data.DataLoader(_Batches(token_length), batch_size=None)
-    )
+    trainer = quiet_trainer(max_steps=3, callbacks=[ClipThroughputMonitor(peak_flops=1e9, window_size=2)])
+    trainer.fit(module, train_dataloaders=tiny_loader(token_length))
     return trainer
 
 

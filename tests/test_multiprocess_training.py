@@ -6,12 +6,11 @@ Both runs go through `tests/_mp_train_script.py` under torchrun (about 30 s each
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests._torchrun import torchrun
 
 SCRIPT = Path(__file__).with_name("_mp_train_script.py")
 # DDP all-reduces gradients, FSDP2 reduce-scatters them: the sums run in another order, so allow
@@ -20,12 +19,7 @@ RTOL = 1e-5
 
 
 def _run(strategy: str, out: Path) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run(
-        [*cmd, str(SCRIPT), strategy, str(out)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun(SCRIPT, strategy, out)
     return json.loads((out / "result.json").read_text())
 
 

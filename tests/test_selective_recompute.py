@@ -7,31 +7,23 @@ from cliplab.models.image_tower import TimmImageTower
 from cliplab.models.recompute import SelectiveRecomputeSequential
 from cliplab.models.text_tower import CLIPTextTower
 
+IMAGE = dict(
+    model_name="vit_base_patch16_clip_224", embed_dim=32, image_size=32, width=64, depth=2, num_heads=2
+)
+TEXT = dict(embed_dim=32, context_length=8, vocab_size=100, width=64, layers=2, heads=2)
+
+
+def _tower(tower_cls, settings: dict, selective: bool):
+    torch.manual_seed(0)
+    return tower_cls(**settings, selective_recompute=selective)
+
 
 def _image_tower(selective: bool) -> TimmImageTower:
-    torch.manual_seed(0)
-    return TimmImageTower(
-        "vit_base_patch16_clip_224",
-        embed_dim=32,
-        image_size=32,
-        width=64,
-        depth=2,
-        num_heads=2,
-        selective_recompute=selective,
-    )
+    return _tower(TimmImageTower, IMAGE, selective)
 
 
 def _text_tower(selective: bool) -> CLIPTextTower:
-    torch.manual_seed(0)
-    return CLIPTextTower(
-        embed_dim=32,
-        context_length=8,
-        vocab_size=100,
-        width=64,
-        layers=2,
-        heads=2,
-        selective_recompute=selective,
-    )
+    return _tower(CLIPTextTower, TEXT, selective)
 
 
 def _grads(tower, inputs) -> dict[str, torch.Tensor]:

@@ -21,9 +21,9 @@ from pytorch_lightning.loggers import Logger
 
 from cliplab.callbacks.progress import ClipProgressBar
 from cliplab.lit.module import CLIPModule
-from tests.test_module_training_step import LOSS, MODEL, _Batches
+from tests._tiny import LOSS, MODEL, TinyBatches
 
-BATCH = 4  # pairs per _Batches batch, with full-context tokens (the nominal FLOPs)
+BATCH = 4  # pairs per TinyBatches batch, with full-context tokens (the nominal FLOPs)
 LOG_EVERY = 3
 STEPS_PER_EPOCH = 4
 EPOCHS = 2  # 8 steps; the second epoch's first step resets Lightning's per-epoch state
@@ -33,7 +33,7 @@ VAL_SECONDS_PER_BATCH = 500.0
 PEAK_FLOPS = 1e9
 
 
-class _FourBatches(_Batches):
+class _FourBatches(TinyBatches):
     def __len__(self):
         return STEPS_PER_EPOCH
 
@@ -194,7 +194,7 @@ def test_training_throughput_leaves_out_validation_time(cfg_factory, monkeypatch
     when validation started) are those of training alone."""
     steps = _Steps()
     _fake_clock(monkeypatch, steps)
-    _, _, recorder = _fit(cfg_factory(), steps, "cpu", _FourBatches(), "bf16-mixed", val_data=_Batches())
+    _, _, recorder = _fit(cfg_factory(), steps, "cpu", _FourBatches(), "bf16-mixed", val_data=TinyBatches())
     rates = recorder.steps[5]
     assert rates["train/time"] == SECONDS_PER_STEP * 6
     assert rates["train/device/batches_per_sec"] == pytest.approx(1 / SECONDS_PER_STEP)
@@ -222,9 +222,11 @@ def test_validation_batches_do_not_sync_and_validation_is_timed_whole(cfg_factor
     monkeypatch.setattr(CLIPModule, "on_validation_batch_end", lambda *_, **__: setattr(steps, "step", None))
     counter = _SyncCounter(monkeypatch, steps)
     _fake_clock(monkeypatch, steps)
-    _, module, recorder = _fit(cfg_factory(), steps, "cpu", _FourBatches(), "bf16-mixed", val_data=_Batches())
+    _, module, recorder = _fit(
+        cfg_factory(), steps, "cpu", _FourBatches(), "bf16-mixed", val_data=TinyBatches()
+    )
 
-    assert len(steps.validation_batches) == EPOCHS * len(_Batches())
+    assert len(steps.validation_batches) == EPOCHS * len(TinyBatches())
     # The first validation batch is exempt: the forward FLOPs are counted then, once, on the meta device.
     for key in steps.validation_batches[1:]:
         assert not counter.calls[key], f"validation batch {key - 1000}:\n" + "\n".join(counter.calls[key])
@@ -238,7 +240,7 @@ def test_validation_batches_do_not_sync_and_validation_is_timed_whole(cfg_factor
         assert metrics["validate/device/flops_per_sec"] == pytest.approx(
             forward * BATCH / VAL_SECONDS_PER_BATCH
         )
-        assert metrics["validate/batches"] == len(_Batches())
+        assert metrics["validate/batches"] == len(TinyBatches())
 
 
 @pytest.mark.gpu

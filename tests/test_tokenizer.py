@@ -133,7 +133,7 @@ def test_checkpoints_with_the_tokenizer_inside_the_text_tower_still_load(tmp_pat
     from cliplab.checkpoints.load import load_module
     from cliplab.lit.module import CLIPModule
     from cliplab.models.build import build_clip, current_layout
-    from tests.test_module_training_step import LOSS, MODEL
+    from tests._tiny import LOSS, MODEL
 
     tokenizer_cfg = {"_target_": "cliplab.models.tokenizer.CLIPTokenizer", "context_length": 8}
     legacy = {**MODEL, "text_tower": {**MODEL["text_tower"], "tokenizer": tokenizer_cfg}}

@@ -109,22 +109,13 @@ def test_feature_cache_training_matches_plain_loss(cfg_factory, emoji_ready):
 
 def test_checkpoint_round_trip_gives_the_same_outputs(cfg_factory, emoji_ready, tmp_path):
     """Lightning checkpoint -> CLIPModule.load_from_checkpoint (model rebuilt from the stored config)."""
-    import pytorch_lightning as pl
-
     from cliplab.lit.module import CLIPModule
     from cliplab.pipeline import build_datamodule, build_module
+    from tests._tiny import quiet_trainer
 
     cfg = cfg_factory(["data.batch_size=16", "data.num_workers=0"])
     module = build_module(cfg)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=build_datamodule(cfg, module.tokenizer))
     trainer.save_checkpoint(tmp_path / "model.ckpt")
     loaded = CLIPModule.load_from_checkpoint(tmp_path / "model.ckpt", weights_only=False)

@@ -9,9 +9,6 @@ under torchrun (about 15 s on two cores, most of it importing).
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +19,7 @@ from cliplab.callbacks import training_health
 from cliplab.callbacks.training_health import TrainingDivergedError, TrainingHealth
 from cliplab.utils.errors import ConfigError
 from tests._mp_health_script import FAULTS, LOSS, NAN_STEP, STEPS, K, skip_one, stop_after_k
+from tests._torchrun import torchrun
 
 SCRIPT = Path(__file__).with_name("_mp_health_script.py")
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,23 +76,8 @@ def test_max_consecutive_skips_must_be_positive():
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> tuple[list[dict], str]:
     out = tmp_path_factory.mktemp("health")
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(SCRIPT),
-    ]
-    proc = subprocess.run([*cmd, str(out)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)], proc.stdout + proc.stderr
+    output = torchrun(SCRIPT, out)
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)], output
 
 
 def test_two_ranks_skip_the_same_step(two_ranks):

@@ -26,6 +26,22 @@ def _strategy_target(cfg: DictConfig) -> str:
     return strategy.get("_target_", "") if strategy is not None else ""
 
 
+def _not_with_deepspeed(cfg: DictConfig, setting: str, reason: str) -> None:
+    """Stops `setting` (`ema=default`) under a DeepSpeed trainer with one line: the pair, `reason`."""
+    if "DeepSpeed" in _strategy_target(cfg):
+        raise ConfigError(f"{setting} with trainer={_choice(cfg, 'trainer', '?')}: {reason}")
+
+
+def _real(value) -> bool:
+    """A number, and not YAML's true/false (Python's bools are integers)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _whole(value) -> bool:
+    """A whole number, and not YAML's true/false."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_types(cfg: DictConfig) -> None:
     """Overrides arrive as strings only when mistyped (`trainer.max_epochs=ten`): name the key."""
     rules = [
@@ -133,10 +149,12 @@ def check_loss(cfg: DictConfig) -> None:
     loss_class = _loss_class(cfg)
     name = loss_class.__name__ if loss_class else str(cfg.loss.get("_target_", "")).rsplit(".", 1)[-1]
     chunk = feature_cache_chunk(cfg.get("accumulation"))  # a bad accumulation.mode / chunk_size: one line
-    if chunk and "DeepSpeed" in _strategy_target(cfg):
-        raise ConfigError(
-            f"accumulation=feature_cache with trainer={_choice(cfg, 'trainer', '?')}: DeepSpeed's engine runs the "
-            "backward itself, not the chunked one; use trainer=ddp or trainer=fsdp, or accumulation=none"
+    if chunk:
+        _not_with_deepspeed(
+            cfg,
+            "accumulation=feature_cache",
+            "DeepSpeed's engine runs the backward itself, not the chunked one; use trainer=ddp or trainer=fsdp, "
+            "or accumulation=none",
         )
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1) or 1
     if accumulate > 1 and getattr(loss_class, "contrastive", False):
@@ -157,7 +175,7 @@ def check_towers(cfg: DictConfig) -> None:
         node = cfg.model.get(tower) or {}
         chunks = node.get("checkpoint_chunks", 1)
         key = f"model.{tower}.checkpoint_chunks"
-        if isinstance(chunks, bool) or not isinstance(chunks, numbers.Integral) or chunks < 1:
+        if not _whole(chunks) or chunks < 1:
             raise ConfigError(f"{key}={chunks!r} must be a positive integer (1: recompute whole batches)")
         if chunks > 1 and not node.get("grad_checkpointing"):
             raise ConfigError(
@@ -183,7 +201,7 @@ def check_patch_dropout(image: DictConfig | dict) -> None:
     """FLIP patch dropout: a share in [0, 1) of the patch tokens, for timm ViT towers only."""
     rate = image.get("patch_dropout", 0.0)
     key = "model.image_tower.patch_dropout"
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
+    if not _real(rate) or not 0 <= rate < 1:
         raise ConfigError(f"{key}={rate!r} must be a number in [0, 1), e.g. {key}=0.5 (half the patches)")
     model_name = image.get("model_name")
     if rate and not _is_timm_vit(model_name):
@@ -299,7 +317,7 @@ def check_distill(cfg: DictConfig) -> None:
 
         named_model_config(name)  # a name that is no conf/model/ file stops here, in one line
     weight = distill.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or weight < 0:
+    if not _real(weight) or weight < 0:
         raise ConfigError(f"distill.weight={weight!r} must be a number >= 0, e.g. distill.weight=1.0")
     if (cfg.get("accumulation") or {}).get("mode", "none") != "none":
         raise ConfigError(
@@ -314,13 +332,13 @@ def check_ema(cfg: DictConfig) -> None:
         return
     _unknown_keys(ema, {"decay", "warmup"}, "ema")
     decay = ema.get("decay")
-    if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0 <= decay < 1:
+    if not _real(decay) or not 0 <= decay < 1:
         raise ConfigError(f"ema.decay={decay!r} must be a number in [0, 1), e.g. ema.decay=0.9999")
-    if "DeepSpeed" in _strategy_target(cfg):
-        raise ConfigError(
-            f"ema=default with trainer={_choice(cfg, 'trainer', '?')}: DeepSpeed's engine partitions and owns "
-            "the weights; use trainer=ddp or trainer=fsdp, or ema=none"
-        )
+    _not_with_deepspeed(
+        cfg,
+        "ema=default",
+        "DeepSpeed's engine partitions and owns the weights; use trainer=ddp or trainer=fsdp, or ema=none",
+    )
 
 
 def check_lora(cfg: DictConfig) -> None:
@@ -333,17 +351,15 @@ def check_lora(cfg: DictConfig) -> None:
     if not enabled(lora):
         return
     r, alpha, dropout = lora.get("r"), lora.get("alpha"), lora.get("dropout", 0.0)
-    if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1:
+    if not _whole(r) or r < 1:
         raise ConfigError(f"lora.r={r!r} must be a positive integer (the adapter rank), e.g. lora.r=8")
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or alpha <= 0:
+    if not _real(alpha) or alpha <= 0:
         raise ConfigError(f"lora.alpha={alpha!r} must be a positive number, e.g. lora.alpha=16")
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+    if not _real(dropout) or not 0 <= dropout < 1:
         raise ConfigError(f"lora.dropout={dropout!r} must be in [0, 1)")
-    if "DeepSpeed" in _strategy_target(cfg):
-        raise ConfigError(
-            f"lora with trainer={_choice(cfg, 'trainer', '?')}: LoRA is built and tested with DDP and FSDP2 only; "
-            "use trainer=ddp or trainer=fsdp"
-        )
+    _not_with_deepspeed(
+        cfg, "lora", "LoRA is built and tested with DDP and FSDP2 only; use trainer=ddp or trainer=fsdp"
+    )
     from cliplab.models.build import build_clip
 
     try:
@@ -363,14 +379,14 @@ def check_finetune(cfg: DictConfig) -> None:
     ft = cfg.finetune
     for key in ("steps", "batch_size"):
         value = ft.get(key)
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        if not _whole(value) or value < 1:
             raise ConfigError(f"finetune.{key}={value!r} must be a positive integer, e.g. finetune.{key}=100")
-    if isinstance(ft.lr, bool) or not isinstance(ft.lr, numbers.Real) or ft.lr <= 0:
+    if not _real(ft.lr) or ft.lr <= 0:
         raise ConfigError(f"finetune.lr={ft.lr!r} must be a positive number, e.g. finetune.lr=1e-5")
     if ft.get("precision") not in ("bf16", "fp16", "fp32"):
         raise ConfigError(f"finetune.precision={ft.get('precision')!r} must be one of bf16, fp16, fp32")
     alphas = list(cfg.get("alphas") or [])
-    bad = [a for a in alphas if isinstance(a, bool) or not isinstance(a, numbers.Real) or not 0 <= a <= 1]
+    bad = [a for a in alphas if not _real(a) or not 0 <= a <= 1]
     if not alphas or bad:
         raise ConfigError(
             f"alphas={alphas} must be numbers in [0, 1] (0: zero-shot weights, 1: fine-tuned), e.g. alphas=[0,0.5,1]"

@@ -14,10 +14,9 @@ floats. Each rank's text gradient is a partial sum that the gather's backward ad
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from cliplab.losses.gather import all_gather_with_grad, is_distributed, rank_and_world_size
-from cliplab.losses.interface import Loss
+from cliplab.losses.interface import LossModule
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -130,7 +129,7 @@ class _ChunkedClipLossFunction(torch.autograd.Function):
         )
 
 
-class ChunkedClipLoss(nn.Module, Loss):
+class ChunkedClipLoss(LossModule):
     """Same value and gradients as `ClipLoss`, in `O(block_size x global)` memory.
 
     `block_size` is the number of image rows scored at once: larger blocks mean bigger, faster matmuls
@@ -147,13 +146,7 @@ class ChunkedClipLoss(nn.Module, Loss):
             raise ValueError(f"block_size must be positive, got {block_size}")
         self.block_size = block_size
 
-    def forward(
-        self,
-        image_features: torch.Tensor,
-        text_features: torch.Tensor,
-        logit_scale: torch.Tensor,
-        logit_bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def score(self, image_features, text_features, logit_scale, logit_bias) -> torch.Tensor:
         rank, _ = rank_and_world_size()
         all_text = all_gather_with_grad(text_features)
         if not torch.is_tensor(logit_scale):

@@ -2,14 +2,13 @@
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from cliplab.losses.gather import all_gather_with_grad, rank_and_world_size
-from cliplab.losses.interface import Loss
+from cliplab.losses.interface import LossModule
 from cliplab.utils.precision import at_least_fp32
 
 
-class ClipLoss(nn.Module, Loss):
+class ClipLoss(LossModule):
     """Cross-entropy of image->text and text->image logits, averaged.
 
     Distributed: every rank gathers all ranks' features (with gradient) and scores only its own rows
@@ -26,13 +25,7 @@ class ClipLoss(nn.Module, Loss):
     contrastive = True  # every sample's negatives are the rest of the batch (see cliplab.validate)
     needs_logit_bias = False
 
-    def forward(
-        self,
-        image_features: torch.Tensor,
-        text_features: torch.Tensor,
-        logit_scale: torch.Tensor,
-        logit_bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def score(self, image_features, text_features, logit_scale, logit_bias) -> torch.Tensor:
         # Logits in fp32 even under bf16 autocast: early in training cosine similarities differ in the
         # third decimal, below bf16's resolution, and a bf16 loss stays flat at ln(batch).
         with torch.autocast(image_features.device.type, enabled=False):

@@ -2,14 +2,13 @@
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from cliplab.losses.gather import all_gather_with_grad, rank_and_world_size
-from cliplab.losses.interface import Loss
+from cliplab.losses.interface import LossModule
 from cliplab.utils.precision import at_least_fp32
 
 
-class SigLipLoss(nn.Module, Loss):
+class SigLipLoss(LossModule):
     """Binary log-loss on every image-text pair: `-sum log sigmoid(z_ij (t x_i.y_j + b)) / local_batch`,
     with z = +1 on matching pairs and -1 elsewhere (Zhai et al. 2023). Needs a learned bias
     (`init_logit_bias` around -10, `init_logit_scale` ln 10 in the model config).
@@ -25,13 +24,7 @@ class SigLipLoss(nn.Module, Loss):
     contrastive = True  # pairwise, but its negatives are the batch's other pairs
     needs_logit_bias = True
 
-    def forward(
-        self,
-        image_features: torch.Tensor,
-        text_features: torch.Tensor,
-        logit_scale: torch.Tensor,
-        logit_bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def score(self, image_features, text_features, logit_scale, logit_bias) -> torch.Tensor:
         if logit_bias is None:
             raise ValueError("SigLipLoss needs a logit_bias: build the model with init_logit_bias (e.g. -10)")
         with torch.autocast(image_features.device.type, enabled=False):  # fp32 logits, as in ClipLoss

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from cliplab.data.emoji.fetch import SourceUnavailable
+from cliplab.data.build_cli import builder_parser, run_build
 
 from .build import build
 
 
+def _build(image_size: int, emoji_root: Path | None, **options) -> Path:
+    """The mixed set over `emoji_root`, or over the default emoji data set (built first when missing)."""
+    if emoji_root is None:
+        from cliplab.data.prepare import prepare
+
+        emoji_root = prepare(image_size=image_size)
+    return build(image_size, emoji_root=emoji_root, **options)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cliplab.data.mix", description=__doc__)
-    parser.add_argument("--image-size", type=int, default=64, help="side of the square images (default 64)")
-    parser.add_argument("--force", action="store_true", help="rebuild even if a complete build exists")
-    parser.add_argument(
-        "--limit", type=int, default=None, help="at most N items per source (tests, smoke runs)"
+    parser = builder_parser(
+        "python -m cliplab.data.mix",
+        __doc__,
+        image_help="side of the square images (default 64)",
+        limit_help="at most N items per source (tests, smoke runs)",
     )
     parser.add_argument(
         "--emoji-root",
@@ -24,22 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="emoji data set to extend (default: build the default one)",
     )
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: the cache)")
-    args = parser.parse_args(argv)
-    try:
-        emoji_root = args.emoji_root
-        if emoji_root is None:
-            from cliplab.data.prepare import prepare
-
-            emoji_root = prepare(image_size=args.image_size)
-        root = build(
-            args.image_size, emoji_root=emoji_root, limit=args.limit, force=args.force, out_dir=args.out
-        )
-    except (SourceUnavailable, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(root)
-    return 0
+    return run_build(parser, _build, argv)
 
 
 if __name__ == "__main__":
