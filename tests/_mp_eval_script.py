@@ -1,7 +1,7 @@
-"""Runs the evaluation callbacks under 2-process DDP (gloo, CPU); run it under torchrun.
+"""Runs the evaluation callbacks under 2-process DDP or FSDP2 (gloo, CPU); run it under torchrun.
 
 `python -m torch.distributed.run --nproc_per_node 2 tests/_mp_eval_script.py <benchmark_dir> <out_dir>
-<pairs.csv>`
+<pairs.csv> [ddp|fsdp]`
 
 A frozen random tiny CLIP (built from `eval_model()`, the same weights in every process and in the test) is
 fitted for one epoch with learning rate 0, so the EvalsCallback (every evaluator kind: `eval_entries()`) and
@@ -81,18 +81,25 @@ def retrieval_pairs() -> TensorDataset:
 class Frozen(pl.LightningModule):
     def __init__(self):
         super().__init__()
-        self.model = eval_model()
+        self.model = eval_model().requires_grad_(False)
+        self.idle = torch.nn.Parameter(torch.zeros(()))  # the one thing the loss depends on
         self.tokenizer = tokenizer
         self.hparams["model"] = {"image_size": IMAGE_SIZE}
 
+    def configure_model(self):
+        if self.device_mesh is not None:  # FSDP2 (ModelParallelStrategy): every forward all-gathers
+            from cliplab.lit.sharding import shard_model
+
+            shard_model(self.model, self.device_mesh)
+
     def training_step(self, batch, batch_idx):
-        return sum((p * 0.0).sum() for p in self.model.parameters())
+        return self.idle * 0.0  # nothing trains (an FSDP2 backward through the model would reduce DTensors)
 
     def validation_step(self, batch, batch_idx):
         return None
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.0)
+        return torch.optim.SGD([self.idle], lr=0.0)
 
 
 class SplitData(pl.LightningDataModule):
@@ -109,12 +116,13 @@ class SplitData(pl.LightningDataModule):
 
 def main() -> None:
     bench_dir, out, pairs_csv = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    name = sys.argv[4] if len(sys.argv) > 4 else "ddp"
     torch.set_num_threads(1)
     evals = EvalsCallback(eval_entries(bench_dir, pairs_csv))
     retrieval = RetrievalCallback("val")
     trainer = quiet_trainer(
         devices=WORLD,
-        strategy=strategy("ddp"),
+        strategy=strategy(name),
         max_epochs=1,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # SplitData gives each rank its own slice

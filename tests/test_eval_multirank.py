@@ -42,12 +42,14 @@ def noise_folder(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
+@pytest.fixture(scope="module", params=["ddp", "fsdp"])
+def two_ranks(tmp_path_factory, request):
+    """Under DDP and under FSDP2, where every forward is a collective: ranks with unequal shares of the
+    images must still run the same number of forwards."""
     root = tmp_path_factory.mktemp("mp_eval")
     bench_dir = noise_folder(root / "bench")
     pairs_csv = pairs_table(root / "pairs", n=11)
-    torchrun(SCRIPT, bench_dir, root / "out", pairs_csv)
+    torchrun(SCRIPT, bench_dir, root / "out", pairs_csv, request.param)
     return bench_dir, json.loads((root / "out" / "result.json").read_text()), pairs_csv
 
 

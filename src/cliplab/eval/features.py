@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from cliplab.eval.benchmarks import BenchmarkError
+from cliplab.eval.lockstep import Lockstep, blank_images
 from cliplab.losses.gather import gather_rows
 
 
@@ -48,14 +49,17 @@ def extract_features(
     param = next(model.parameters())
     shard = Subset(_Indexed(dataset), rank_share(len(dataset), batch_size, rank, world_size))
     loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_indexed)
+    lockstep = Lockstep(model, len(loader), lambda: model.encode_image(blank_images(model, param.dtype)))
     parts_i, parts_f, parts_y = [], [], []
     for indices, images, labels in loader:
         if images is None:
+            lockstep.skipped()
             continue
         features = model.encode_image(images.to(param.device, param.dtype))
         parts_i.append(indices.to(param.device))
         parts_f.append(F.normalize(features.float(), dim=-1))
         parts_y.append(labels.to(param.device))
+    lockstep.finish()
     width = getattr(model, "embed_dim", None) or (parts_f[0].shape[1] if parts_f else 0)
     local_i = torch.cat(parts_i) if parts_i else torch.empty(0, dtype=torch.long, device=param.device)
     local_f = torch.cat(parts_f) if parts_f else torch.empty(0, width, device=param.device)

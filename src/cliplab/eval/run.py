@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from cliplab.eval.benchmarks import BenchmarkError, ZeroShotBenchmark, collate_skipping
 from cliplab.eval.features import rank_share
+from cliplab.eval.lockstep import Lockstep, blank_images
 from cliplab.eval.retrieval import retrieval_metrics
 from cliplab.eval.zeroshot import ClassifierCache, ZeroShotAccumulator, build_zeroshot_classifier
 from cliplab.losses.gather import gather_rows
@@ -57,14 +58,17 @@ def evaluate_zeroshot(
             shard, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping
         )
         accumulator = ZeroShotAccumulator(len(benchmark.classnames)).to(device)
+        lockstep = Lockstep(model, len(loader), lambda: model.encode_image(blank_images(model, dtype)))
         seen = skipped = 0
         for images, labels, n_skipped in loader:
             skipped += n_skipped
             if images is None:
+                lockstep.skipped()
                 continue
             features = model.encode_image(images.to(device, dtype, non_blocking=True))
             accumulator.update(features, classifier, labels.to(device))
             seen += len(labels)
+        lockstep.finish()
         counts = torch.tensor([seen, skipped], device=device)
         if dist_info().distributed:
             dist.all_reduce(counts)
@@ -114,6 +118,14 @@ class RetrievalAccumulator:
         self.text_feats.append(F.normalize(model.encode_text(flat[real]).float(), dim=-1))
         self.owners.append(owner[real])
         self.n_images += images.shape[0]
+
+    @staticmethod
+    def idle_forward(model: nn.Module) -> None:
+        """What `update` runs, on one blank pair: a sharded model's stand-in for a batch (eval.lockstep)."""
+        blank = blank_images(model)
+        model.encode_image(blank)
+        context = getattr(model, "context_length", None) or 1
+        model.encode_text(torch.zeros(1, context, dtype=torch.long, device=blank.device))
 
     @torch.no_grad()
     def add(self, image_features: torch.Tensor, text_features: torch.Tensor) -> None:

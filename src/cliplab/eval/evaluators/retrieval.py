@@ -7,6 +7,7 @@ import torch
 from cliplab.data.datamodule import CLIPDataModule
 from cliplab.data.table_source import TABLE_SUFFIXES
 from cliplab.eval.evaluator import EvalContext
+from cliplab.eval.lockstep import Lockstep, batch_count
 from cliplab.eval.provenance import digest, file_sha256, transform_description
 from cliplab.eval.run import RetrievalAccumulator
 from cliplab.utils.errors import DataError
@@ -56,9 +57,13 @@ class PairedRetrieval:
         try:
             module, loader = self._loader(context)
             accumulator = RetrievalAccumulator(self.ks)
+            lockstep = Lockstep(model, batch_count(loader), lambda: accumulator.idle_forward(model))
             for batch in loader:
-                if batch is not None:
+                if batch is None:
+                    lockstep.skipped()
+                else:
                     accumulator.update(model, batch[0], batch[1])
+            lockstep.finish()
             local = torch.tensor([accumulator.n_images, sum(len(t) for t in accumulator.text_feats)])
             if context.world_size > 1:
                 import torch.distributed as dist
