@@ -163,6 +163,10 @@ def test_eval_entry_point_writes_results(tmp_path, tiny_ckpt):
     rows = {row["metric"]: row for row in layout["rows"]}
     assert rows["zeroshot/folder/top1"]["chance"] == pytest.approx(1 / 3)
     assert "| zeroshot/folder/top1 |" in (tmp_path / "out" / "results.md").read_text()
+    # the per-class picture beside results.md, linked from it, and listed in results.json
+    assert (tmp_path / "out" / "per_class_folder.png").read_bytes()[:4] == b"\x89PNG"
+    assert "](per_class_folder.png)" in (tmp_path / "out" / "results.md").read_text()
+    assert "per_class_folder.png" in layout["pictures"]
 
 
 def run_eval_cli(*overrides: str) -> dict:
@@ -187,6 +191,22 @@ def test_eval_cli_retrieval_on_a_pairs_table(tmp_path, tiny_ckpt):
     assert rows["retrieval/pairs/text_to_image_R@10"]["value"] == 1.0  # 10 pairs: everything is in the top 10
     assert rows["retrieval/pairs/text_to_image_R@1"]["chance"] == pytest.approx(0.1)
     assert layout["produced_by"]["evals"]["retrieval"]["images"] == 10
+    sheet = tmp_path / "out" / "retrieval_sheet_retrieval.png"
+    assert sheet.read_bytes()[:4] == b"\x89PNG" and sheet.name in layout["pictures"]
+
+
+def test_eval_cli_draws_zero_shot_vs_k_shot_on_one_folder(tmp_path, tiny_ckpt):
+    """evals=[folder,kshot] on the same folder: the k-shot curve gets the zero-shot line of the same classes."""
+    from tests.evals_fixtures import class_folder
+
+    root, out = class_folder(tmp_path / "classes", 3, 8, separable=True), tmp_path / "out"
+    layout = run_eval_cli(f"ckpt_path={tiny_ckpt}", "evals=[folder,kshot]", f"evals.folder.benchmark.root={root}",
+                          f"evals.kshot.root={root}", "evals.kshot.shots=[1,2]", "evals.kshot.seeds=1",
+                          "evals.kshot.num_workers=0", f"output_dir={out}", "device=cpu")  # fmt: skip
+    caption = layout["pictures"]["kshot_vs_zeroshot_kshot.png"]
+    zero_shot = {r["metric"]: r["value"] for r in layout["rows"]}["zeroshot/folder/top1"]
+    assert f"zero-shot ({zero_shot:.3f})" in caption, caption
+    assert (out / "kshot_vs_zeroshot_kshot.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_eval_cli_linear_probe_on_a_folder(tmp_path, tiny_ckpt):

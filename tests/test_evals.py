@@ -125,7 +125,8 @@ def test_every_shipped_entry_builds_an_evaluator(tmp_path):
     assert [e.name for e in entries] == list(cfg.evals)
     assert all(isinstance(e.evaluator, Evaluator) for e in entries)
     assert {e.prefix for e in entries if e.name.startswith("emoji")} == {
-        "zeroshot/emoji", "zeroshot/emoji_group", "zeroshot/emoji_novel"}  # fmt: skip
+        "zeroshot/emoji", "zeroshot/emoji_group", "zeroshot/emoji_novel",
+        "zeroshot/emoji_novel_seen_styles", "zeroshot/emoji_novel_heldout_style"}  # fmt: skip
 
 
 def test_missing_data_stops_at_start_up(tmp_path):

@@ -7,16 +7,21 @@ each validation batch) and recall is computed over the gallery of all ranks by `
 import pytorch_lightning as pl
 import torch
 
+from cliplab.data.transforms import CLIP_MEAN, CLIP_STD
 from cliplab.eval.run import RetrievalAccumulator
 
 
 class RetrievalCallback(pl.Callback):
     """Recall@k on validation batches `(images, tokens [B,L] or [B,K,L])`, every `every_n_epochs` epochs."""
 
-    def __init__(self, name: str = "val", ks=(1, 5, 10), every_n_epochs: int = 1, dataloader_idx: int = 0):
+    def __init__(self, name: str = "val", ks=(1, 5, 10), every_n_epochs: int = 1, dataloader_idx: int = 0,
+                 examples: int = 6, mean=CLIP_MEAN, std=CLIP_STD):  # fmt: skip
         super().__init__()
         self.name, self.every_n_epochs, self.dataloader_idx = name, every_n_epochs, dataloader_idx
-        self.accumulator = RetrievalAccumulator(ks)
+        # `examples` captions with their top-5 images for the retrieval sheet (mean/std: the validation
+        # transform's, to turn images back into pixels); 0 keeps none
+        self.accumulator = RetrievalAccumulator(ks, examples=examples, mean=mean, std=std)
+        self.examples = None
         self.gallery_sizes: tuple[int, int] | None = (
             None  # (images, captions) over all ranks, last evaluation
         )
@@ -32,6 +37,10 @@ class RetrievalCallback(pl.Callback):
             levels[f"retrieval/{self.name}/text_to_image_R@{k}"] = min(1.0, k / images)
         return levels
 
+    def picture_data(self) -> dict[str, dict]:
+        """The last evaluation's rankings of a few captions, for the retrieval sheet (cliplab.eval.pictures)."""
+        return {} if self.examples is None else {f"retrieval/{self.name}": {"retrieval": self.examples}}
+
     def _active(self, trainer) -> bool:
         if trainer.sanity_checking:
             return False
@@ -46,7 +55,7 @@ class RetrievalCallback(pl.Callback):
         if dataloader_idx != self.dataloader_idx or not self._active(trainer):
             return
         if isinstance(outputs, dict) and "image_features" in outputs:  # validation_step's own features
-            self.accumulator.add(outputs["image_features"], outputs["text_features"])
+            self.accumulator.add(outputs["image_features"], outputs["text_features"], batch[0], batch[1])
         else:
             self.accumulator.update(pl_module.model, batch[0], batch[1])
 
@@ -55,7 +64,9 @@ class RetrievalCallback(pl.Callback):
             return
         local = torch.tensor([self.accumulator.n_images, sum(len(t) for t in self.accumulator.text_feats)])
         self.gallery_sizes = tuple(int(n) for n in trainer.strategy.reduce(local, reduce_op="sum"))
-        metrics = self.accumulator.compute()  # equal on every rank (galleries gathered)
+        # equal on every rank (galleries gathered)
+        metrics = self.accumulator.compute(decode=getattr(pl_module.tokenizer, "decode", None))
+        self.examples = self.accumulator.examples
         for key, value in metrics.items():
             pl_module.log(f"retrieval/{self.name}/{key}", value, rank_zero_only=False, sync_dist=False)
         self.accumulator.reset()

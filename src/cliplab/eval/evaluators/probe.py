@@ -14,6 +14,7 @@ from cliplab.eval.benchmarks import BenchmarkError, ImageFolderBenchmark
 from cliplab.eval.evaluator import EvalContext
 from cliplab.eval.features import extract_features
 from cliplab.eval.linear_probe import linear_probe
+from cliplab.eval.pictures.data import KShotCurve
 from cliplab.eval.provenance import digest, transform_description
 
 
@@ -142,6 +143,7 @@ class KShotProbe(_FolderProbe):
     def __init__(self, root, shots=(1, 2, 4, 8, 16), seeds: int = 3, val_fraction: float = 0.5, **kwargs):
         super().__init__(root, val_fraction=val_fraction, **kwargs)
         self.shots, self.seeds = tuple(int(k) for k in shots), int(seeds)
+        self._last: dict[str, float] | None = None
 
     def _all_shots(self, data: dict) -> dict[str, float]:
         metrics = {}
@@ -153,7 +155,14 @@ class KShotProbe(_FolderProbe):
 
     def run(self, model, context: EvalContext) -> dict[str, float]:
         data = self.features(model, context)
-        return _on_rank0_then_share(lambda: self._all_shots(data))
+        self._last = _on_rank0_then_share(lambda: self._all_shots(data))
+        return self._last
+
+    def picture_data(self) -> dict:
+        """The last run's curve (cliplab.eval.pictures: zero-shot vs k-shot)."""
+        if self._last is None:
+            return {}
+        return {"kshot": KShotCurve.from_metrics(self._last, next(iter(self.sets.values())).classnames)}
 
     def chance_levels(self) -> dict[str, float]:
         return {f"{k}shot_top1_mean": 1 / self.classes for k in self.shots}
