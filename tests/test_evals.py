@@ -155,3 +155,19 @@ def test_schedule():
     assert [s.due_at_epoch(e) for e in range(4)] == [False, True, False, True]
     assert [s.due_at_step(t) for t in (0, 5, 6, 10)] == [False, True, False, True]
     assert not Schedule().due_at_epoch(0) and not Schedule().due_at_step(5)
+
+
+def test_emoji_novel_concepts_split_by_style_for_effective_robustness(emoji_ready):
+    """The two robustness axes: the same unseen concepts, drawn by the training styles and by the held-out one."""
+    from cliplab.eval.benchmarks import BenchmarkError, EmojiBenchmark
+
+    training = ["openmoji", "openmoji-line", "noto", "fluent-flat"]
+    every = EmojiBenchmark(split="novel", root=emoji_ready)
+    seen = EmojiBenchmark(split="novel", styles=training, root=emoji_ready)
+    held_out = EmojiBenchmark(split="novel", styles=["twemoji"], root=emoji_ready)
+    assert seen.classnames == held_out.classnames == every.classnames
+    assert len(seen.samples) + len(held_out.samples) == len(every.samples)
+    assert all("/twemoji/" in str(p) for p, _ in held_out.samples)
+    assert not any("/twemoji/" in str(p) for p, _ in seen.samples)
+    with pytest.raises(BenchmarkError, match="no images in styles"):
+        _ = EmojiBenchmark(split="novel", styles=["crayon"], root=emoji_ready).samples

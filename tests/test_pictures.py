@@ -76,8 +76,12 @@ def test_retrieval_sheet_marks_the_right_image_where_it_was_ranked(tmp_path):
 
 
 def test_retrieval_sheet_says_when_the_right_image_is_not_shown():
-    examples = RetrievalExamples(["a cat"], ranked=[[4, 2]], correct=[7], gallery=9)
+    thumbs = {i: np.full((4, 4, 3), 10 * i, np.uint8) for i in (2, 4, 7)}
+    examples = RetrievalExamples(["a cat"], ranked=[[4, 2]], correct=[7], thumbnails=thumbs, gallery=9)
     assert examples.cells() == [[(4, False), (2, False)]] and examples.rank_of_correct() == [None]
+    shown = [ax for ax in retrieval_sheet_figure(examples, "missed").axes if ax.images]
+    assert [ax.get_title() for ax in shown] == ["#1", "#2", "its image (missed)"]
+    assert shown[-1].images[0].get_array()[0, 0, 0] == 70  # image 7 itself
 
 
 def test_accumulator_keeps_nothing_extra_without_examples():
