@@ -53,14 +53,16 @@ def test_retrieval_sheet_marks_the_right_image_where_it_was_ranked(tmp_path):
     metrics = accumulator.compute(decode=lambda ids: f"<start_of_text>caption {ids[0] - 1}<end_of_text>")
     assert metrics["text_to_image_R@1"] == pytest.approx(7 / 8)
     examples = accumulator.examples
-    assert examples.gallery == 8 and examples.captions[3] == "caption 3"
+    assert examples.gallery == 8 and sorted(examples.correct) == list(range(8))  # every caption, once
+    assert examples.captions == [f"caption {right}" for right in examples.correct]
     cells = examples.cells()
     assert len(cells) == 8 and all(len(row) == 5 for row in cells)
-    for q, row in enumerate(cells):
-        marked = [index for index, right in row if right]
-        assert marked == [q], "exactly the caption's own image is marked"
-    assert cells[3][0] == (4, False) and cells[3][1] == (3, True)
-    assert examples.rank_of_correct() == [1, 1, 1, 2, 1, 1, 1, 1]
+    for row, right in zip(cells, examples.correct):
+        assert [index for index, marked in row if marked] == [right], "exactly the caption's own image"
+    swapped = examples.correct.index(3)
+    assert cells[swapped][:2] == [(4, False), (3, True)]
+    assert [r for q, r in enumerate(examples.rank_of_correct()) if q != swapped] == [1] * 7
+    assert examples.rank_of_correct()[swapped] == 2
     # the thumbnails are the images themselves, back in pixels (flat colours survive the round trip)
     for index, thumb in examples.thumbnails.items():
         assert thumb.shape == (8, 8, 3) and thumb.dtype == np.uint8
@@ -218,3 +220,17 @@ def test_wandb_logger_accepts_them_offline(tmp_path, monkeypatch):
     media = [p.relative_to(run_dir).as_posix() for p in Path(run_dir).rglob("*") if p.is_file()]
     assert any(m.startswith("media/images/pictures/per_class_folder_") and m.endswith(".png") for m in media)
     assert any(m.startswith("media/table/pictures/per_class_folder_table_") for m in media), media
+
+
+def test_sheet_captions_do_not_depend_on_gallery_order():
+    """Picked by caption content: a permuted gallery (another rank count) shows the same captions."""
+    n = 12
+    texts, images = torch.randn(n, 6, generator=torch.Generator().manual_seed(1)), torch.eye(n, 6)
+    tokens = torch.arange(1, n + 1)[:, None].repeat(1, 3)
+    picked = []
+    for order in (torch.arange(n), torch.randperm(n, generator=torch.Generator().manual_seed(2))):
+        accumulator = RetrievalAccumulator(ks=(1,), examples=4, thumbnail_size=4)
+        accumulator.add(images[order], texts[order], normalised(torch.rand(n, 3)), tokens[order])
+        accumulator.compute(decode=lambda ids: f"caption {ids[0] - 1}")
+        picked.append(accumulator.examples.captions)
+    assert picked[0] == picked[1] and len(set(picked[0])) == 4

@@ -173,7 +173,9 @@ class RetrievalAccumulator:
         return retrieval_metrics(images, texts, owner, ks=self.ks)
 
     def _examples(self, images, texts, owner, thumbs, tokens, decode) -> RetrievalExamples:
-        queries = spread_queries(texts.shape[0], self.n_examples)
+        # picked by caption content, not gallery position: the same captions on any number of ranks
+        order = torch.argsort(caption_keys(tokens), stable=True)
+        queries = [int(order[i]) for i in spread_queries(texts.shape[0], self.n_examples)]
         ranked = top_images(images, texts, queries, self.shown)
         shown = sorted({i for row in ranked for i in row} | {int(owner[q]) for q in queries})
         return RetrievalExamples(
@@ -186,6 +188,12 @@ class RetrievalAccumulator:
 
 
 CAPTION_TOKENS = 77  # caption tokens kept for the retrieval sheet's text (longer ones are cut there only)
+
+
+def caption_keys(tokens: torch.Tensor) -> torch.Tensor:
+    """A fixed pseudo-random int64 key per caption from its token ids (wrapping arithmetic)."""
+    weights = torch.randint(1, 2**62, (tokens.shape[1],), generator=torch.Generator().manual_seed(0))
+    return (tokens.long().cpu() * weights).sum(dim=1)
 
 
 def caption_text(decode, ids: torch.Tensor) -> str:
