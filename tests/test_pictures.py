@@ -165,6 +165,13 @@ def test_pictures_are_written_beside_results_and_linked(tmp_path):
     assert pictures_markdown([], tmp_path) == ""
 
 
+def test_kshot_prefers_its_own_zero_shot_on_the_same_test_images(tmp_path):
+    outputs = outputs_of_one_eval()
+    outputs["kshot"]["kshot"].zero_shot = 0.8  # the folder entry says 0.5
+    (picture,) = [p for p in write_pictures(outputs, tmp_path) if "kshot" in p.file.name]
+    assert "zero-shot (0.800)" in picture.caption and [row[3] for row in picture.rows] == [0.8] * 3
+
+
 def test_kshot_without_a_zero_shot_partner_has_no_line(tmp_path):
     outputs = {"kshot": {"kshot": KShotCurve([1, 2], [0.2, 0.4], [0.0, 0.0], ["a", "b"])},
                "ema/zs": {"per_class": PerClassAccuracy(["a", "b"], [1.0, 1.0], [1, 1])}}  # fmt: skip

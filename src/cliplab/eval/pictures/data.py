@@ -44,22 +44,25 @@ class RetrievalExamples:
 
 @dataclass
 class KShotCurve:
-    """Top-1 of linear probes trained on k images per class: mean and std over seeds, per k."""
+    """Top-1 of linear probes trained on k images per class: mean and std over seeds, per k; `zero_shot`:
+    the zero-shot top-1 on the same test images when the probe measured it."""
 
     shots: list[int]
     mean: list[float]
     std: list[float]
     classnames: list[str]
+    zero_shot: float | None = None
 
     @classmethod
     def from_metrics(cls, metrics: dict[str, float], classnames: list[str]) -> "KShotCurve":
-        """From KShotProbe's `<k>shot_top1_mean` / `<k>shot_top1_std` metrics."""
+        """From KShotProbe's `<k>shot_top1_mean` / `<k>shot_top1_std` (and `zeroshot_top1`) metrics."""
         shots = sorted(int(k.removesuffix("shot_top1_mean")) for k in metrics if k.endswith("shot_top1_mean"))
         return cls(
             shots,
             [float(metrics[f"{k}shot_top1_mean"]) for k in shots],
             [float(metrics.get(f"{k}shot_top1_std", 0.0)) for k in shots],
             list(classnames),
+            None if metrics.get("zeroshot_top1") is None else float(metrics["zeroshot_top1"]),
         )
 
 

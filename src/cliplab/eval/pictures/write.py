@@ -2,8 +2,9 @@
 
 `outputs` maps an entry name (`ema/<name>` for the averaged weights) to what its evaluator kept for the
 pictures (`picture_data()`): {"per_class": PerClassAccuracy, "retrieval": RetrievalExamples,
-"kshot": KShotCurve}. The k-shot curve gets its zero-shot line from an entry of the same weights whose
-class names are the probe folder's (e.g. evals=[folder,kshot] on one folder).
+"kshot": KShotCurve}. The k-shot curve's zero-shot line is the probe's own zero-shot top-1 on its test
+images (KShotProbe's `zeroshot_top1`), else that of an entry of the same weights whose class names are the
+probe folder's (e.g. evals=[folder,kshot] on one folder, the kshot entry's zero_shot_templates null).
 """
 
 import logging
@@ -87,12 +88,14 @@ def _retrieval_sheet(name: str, examples: RetrievalExamples, out_dir: Path) -> P
 
 
 def _kshot(name: str, curve: KShotCurve, outputs: dict[str, dict], out_dir: Path) -> Picture:
-    partner = zero_shot_partner(name, curve, outputs)
-    if partner is None:
-        log.info("%s: no zero-shot entry on the same classes, so the k-shot curve has no zero-shot line "
-                 "(e.g. evals=[folder,kshot] with both roots on one folder)", name)  # fmt: skip
-    zero_shot = None if partner is None else partner[1].top1
-    title = f"Zero-shot vs k-shot: {name}" + (f" and {partner[0]}" if partner else "")
+    """The zero-shot line: the probe's own (same test images), else an entry's on the same classes."""
+    partner = None if curve.zero_shot is not None else zero_shot_partner(name, curve, outputs)
+    if curve.zero_shot is None and partner is None:
+        log.info("%s: no zero-shot measure on the same classes, so the k-shot curve has no zero-shot line "
+                 "(keep the kshot entry's zero_shot_templates, or add a zero-shot entry on its folder)", name)  # fmt: skip
+    zero_shot = curve.zero_shot if partner is None else partner[1].top1
+    source = "zero-shot on the same test images" if curve.zero_shot is not None else (partner and partner[0])
+    title = f"Zero-shot vs k-shot: {name}" + (f" ({source})" if source else "")
     file = draw_kshot(curve, zero_shot, out_dir / f"kshot_vs_zeroshot_{_slug(name)}.png", title)
     rows = [[k, m, s, zero_shot] for k, m, s in zip(curve.shots, curve.mean, curve.std)]
     return Picture(f"Zero-shot vs k-shot ({name}): {matching_sentence(curve, zero_shot)}", file,
