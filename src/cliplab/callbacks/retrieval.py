@@ -18,8 +18,8 @@ class RetrievalCallback(pl.Callback):
                  examples: int = 6, mean=CLIP_MEAN, std=CLIP_STD):  # fmt: skip
         super().__init__()
         self.name, self.every_n_epochs, self.dataloader_idx = name, every_n_epochs, dataloader_idx
-        # `examples` captions with their top-5 images for the retrieval sheet (mean/std: the validation
-        # transform's, to turn images back into pixels); 0 keeps none
+        # `examples` captions with their top-5 images for the retrieval sheet (mean/std turn images back
+        # into pixels: the data module's validation transform's when it has one); 0 keeps none
         self.accumulator = RetrievalAccumulator(ks, examples=examples, mean=mean, std=std)
         self.examples = None
         self.gallery_sizes: tuple[int, int] | None = (
@@ -48,6 +48,11 @@ class RetrievalCallback(pl.Callback):
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self.accumulator.reset()
+        transform = getattr(getattr(trainer, "datamodule", None), "val_transform", None)
+        if hasattr(transform, "mean") and hasattr(
+            transform, "std"
+        ):  # the sheet's pixels: undo its normalisation
+            self.accumulator.mean, self.accumulator.std = tuple(transform.mean), tuple(transform.std)
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
