@@ -163,6 +163,10 @@ def test_eval_entry_point_writes_results(tmp_path, tiny_ckpt):
     rows = {row["metric"]: row for row in layout["rows"]}
     assert rows["zeroshot/folder/top1"]["chance"] == pytest.approx(1 / 3)
     assert "| zeroshot/folder/top1 |" in (tmp_path / "out" / "results.md").read_text()
+    # the per-class picture beside results.md, linked from it, and listed in results.json
+    assert (tmp_path / "out" / "per_class_folder.png").read_bytes()[:4] == b"\x89PNG"
+    assert "](per_class_folder.png)" in (tmp_path / "out" / "results.md").read_text()
+    assert "per_class_folder.png" in layout["pictures"]
 
 
 def run_eval_cli(*overrides: str) -> dict:
@@ -187,6 +191,40 @@ def test_eval_cli_retrieval_on_a_pairs_table(tmp_path, tiny_ckpt):
     assert rows["retrieval/pairs/text_to_image_R@10"]["value"] == 1.0  # 10 pairs: everything is in the top 10
     assert rows["retrieval/pairs/text_to_image_R@1"]["chance"] == pytest.approx(0.1)
     assert layout["produced_by"]["evals"]["retrieval"]["images"] == 10
+    sheet = tmp_path / "out" / "retrieval_sheet_retrieval.png"
+    assert sheet.read_bytes()[:4] == b"\x89PNG" and sheet.name in layout["pictures"]
+
+
+def test_kshot_measures_zero_shot_on_its_own_test_images(tmp_path):
+    """A perfect colour classifier scores 1; the same prompts with the colours shifted score 0."""
+    from cliplab.eval.evaluator import EvalContext
+    from cliplab.eval.evaluators.probe import KShotProbe
+
+    probe = KShotProbe(make_folder(tmp_path / "colours", per_class=6), shots=[1], seeds=1,
+                       c_grid={"low": -1, "high": 1, "steps": 3})  # fmt: skip
+    context = EvalContext(colour_tokenizer, eval_transform(8))
+    assert probe.run(ColourModel(), context)["zeroshot_top1"] == 1.0
+
+    def shifted(prompts):
+        return (colour_tokenizer(prompts) + torch.tensor([1, 0])) % torch.tensor([3, 1])
+
+    assert probe.run(ColourModel(), EvalContext(shifted, eval_transform(8)))["zeroshot_top1"] == 0.0
+    assert probe.picture_data()["kshot"].zero_shot == 0.0 and probe.chance_levels()["zeroshot_top1"] == 1 / 3
+
+
+def test_eval_cli_draws_zero_shot_vs_k_shot(tmp_path, tiny_ckpt):
+    """evals=[kshot] alone: the curve with the probe's own zero-shot line, for any checkpoint."""
+    from tests.evals_fixtures import class_folder
+
+    root, out = class_folder(tmp_path / "classes", 3, 8, separable=True), tmp_path / "out"
+    layout = run_eval_cli(f"ckpt_path={tiny_ckpt}", "evals=[kshot]", f"evals.kshot.root={root}",
+                          "evals.kshot.shots=[1,2]", "evals.kshot.seeds=1", "evals.kshot.num_workers=0",
+                          f"output_dir={out}", "device=cpu")  # fmt: skip
+    caption = layout["pictures"]["kshot_vs_zeroshot_kshot.png"]
+    rows = {r["metric"]: r for r in layout["rows"]}
+    assert rows["kshot/folder/zeroshot_top1"]["chance"] == pytest.approx(1 / 3)
+    assert f"zero-shot ({rows['kshot/folder/zeroshot_top1']['value']:.3f})" in caption, caption
+    assert (out / "kshot_vs_zeroshot_kshot.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_eval_cli_linear_probe_on_a_folder(tmp_path, tiny_ckpt):

@@ -117,3 +117,7 @@ def test_eval_entry_point_on_two_ranks_equals_one(tmp_path):
     assert two["rows"] == one["rows"] and len(one["rows"]) == 8
     assert (one["produced_by"]["world_size"], two["produced_by"]["world_size"]) == (1, 2)
     assert two["produced_by"]["weights_sha256"] == one["produced_by"]["weights_sha256"]
+    # the retrieval sheet ranks the gathered gallery: the same captions, images and picture on 2 ranks
+    assert two["pictures"] == one["pictures"] and "retrieval_sheet_retrieval.png" in one["pictures"]
+    sheet = [(tmp_path / d / "retrieval_sheet_retrieval.png").read_bytes() for d in ("one", "two")]
+    assert sheet[0] == sheet[1]

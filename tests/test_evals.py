@@ -102,7 +102,7 @@ def test_kshot_learns_separable_classes_and_stays_at_chance_on_noise(tmp_path, s
     root = class_folder(tmp_path / "k", classes=5, per_class=40, separable=separable)
     probe = KShotProbe(root, shots=(1, 4, 16), seeds=2, c_grid={"low": 0, "high": 1, "steps": 2})
     got = probe.run(PixelModel(), context())
-    assert set(got) == {f"{k}shot_top1_{s}" for k in (1, 4, 16) for s in ("mean", "std")}
+    assert set(got) == {f"{k}shot_top1_{s}" for k in (1, 4, 16) for s in ("mean", "std")} | {"zeroshot_top1"}
     means = [got[f"{k}shot_top1_mean"] for k in (1, 4, 16)]
     if separable:
         assert got["16shot_top1_mean"] >= 0.9 and got["4shot_top1_mean"] >= 0.8
@@ -125,7 +125,8 @@ def test_every_shipped_entry_builds_an_evaluator(tmp_path):
     assert [e.name for e in entries] == list(cfg.evals)
     assert all(isinstance(e.evaluator, Evaluator) for e in entries)
     assert {e.prefix for e in entries if e.name.startswith("emoji")} == {
-        "zeroshot/emoji", "zeroshot/emoji_group", "zeroshot/emoji_novel"}  # fmt: skip
+        "zeroshot/emoji", "zeroshot/emoji_group", "zeroshot/emoji_novel",
+        "zeroshot/emoji_novel_seen_styles", "zeroshot/emoji_novel_heldout_style"}  # fmt: skip
 
 
 def test_missing_data_stops_at_start_up(tmp_path):
@@ -154,3 +155,19 @@ def test_schedule():
     assert [s.due_at_epoch(e) for e in range(4)] == [False, True, False, True]
     assert [s.due_at_step(t) for t in (0, 5, 6, 10)] == [False, True, False, True]
     assert not Schedule().due_at_epoch(0) and not Schedule().due_at_step(5)
+
+
+def test_emoji_novel_concepts_split_by_style_for_effective_robustness(emoji_ready):
+    """The two robustness axes: the same unseen concepts, drawn by the training styles and by the held-out one."""
+    from cliplab.eval.benchmarks import BenchmarkError, EmojiBenchmark
+
+    training = ["openmoji", "openmoji-line", "noto", "fluent-flat"]
+    every = EmojiBenchmark(split="novel", root=emoji_ready)
+    seen = EmojiBenchmark(split="novel", styles=training, root=emoji_ready)
+    held_out = EmojiBenchmark(split="novel", styles=["twemoji"], root=emoji_ready)
+    assert seen.classnames == held_out.classnames == every.classnames
+    assert len(seen.samples) + len(held_out.samples) == len(every.samples)
+    assert all("/twemoji/" in str(p) for p, _ in held_out.samples)
+    assert not any("/twemoji/" in str(p) for p, _ in seen.samples)
+    with pytest.raises(BenchmarkError, match="no images in styles"):
+        _ = EmojiBenchmark(split="novel", styles=["crayon"], root=emoji_ready).samples

@@ -312,3 +312,49 @@ def test_experiment_recipes_compose_and_document_themselves(path, cfg_factory):
     assert "Command:" in header and "Hardware:" in header and "Expected:" in header
     cfg = cfg_factory([f"experiment={path.stem}"])
     assert cfg.task_name == path.stem
+
+
+def test_effective_robustness_trend_recovers_a_known_slope():
+    from cliplab.sweeps.robustness import fit_trend, logit, sigmoid
+
+    x = np.linspace(0.05, 0.9, 9)
+    y = sigmoid(0.7 * logit(x) - 0.4)  # held-out accuracy on a logit-linear trend
+    trend = fit_trend(x, y)
+    assert trend.slope == pytest.approx(0.7) and trend.intercept == pytest.approx(-0.4)
+    assert trend.r2 == pytest.approx(1.0) and trend(x) == pytest.approx(y)
+    assert fit_trend([0.3], [0.2]) is None and fit_trend([0.3, 0.3], [0.2, 0.25]) is None
+
+
+def test_report_draws_effective_robustness_from_the_jobs(tmp_path):
+    from cliplab.sweeps.robustness import HELD_OUT, IN_DISTRIBUTION, logit, sigmoid
+
+    sweep = tmp_path / "sweep"
+    for i, (width, x) in enumerate([(32, 0.2), (48, 0.4), (64, 0.6)]):
+        job = make_job(sweep, f"scale=s{i}", width, 800 * (i + 1), 0.1 * (i + 1))
+        metrics = json.loads((job / "metrics.json").read_text())
+        bonus = 0.05 if i == 1 else 0.0  # one run above the others' trend
+        metrics |= {IN_DISTRIBUTION: x, HELD_OUT: float(sigmoid(0.5 * logit(x) - 1.0)) + bonus}
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    report = write_report(sweep)
+    png = report.files["robustness.png"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = report.files["report.md"].read_text()
+    assert "## Effective robustness" in text and "](robustness.png)" in text
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| scale=")
+    }
+    er = {name: float(line.rstrip(" |").split(" | ")[-1]) for name, line in rows.items()}
+    assert max(er, key=er.get) == "scale=s1" and er["scale=s1"] > 0 > er["scale=s0"]
+    summary = json.loads(report.files["fit.json"].read_text())["robustness"]
+    assert summary["in_distribution"] == IN_DISTRIBUTION and summary["trend"]["slope"] > 0.0
+
+
+def test_report_without_robustness_metrics_says_so(fake_sweep):
+    report = write_report(fake_sweep, metric="zeroshot/emoji/top1")
+    assert "robustness.png" not in report.files
+    assert "No job logged both" in report.files["report.md"].read_text()
+    named = write_report(fake_sweep, in_distribution="zeroshot/emoji/top1", held_out="zeroshot/emoji/top1")
+    assert (
+        named.files["robustness.png"].is_file()
+        and "y = `zeroshot/emoji/top1`" in named.files["report.md"].read_text()
+    )

@@ -61,6 +61,11 @@ def test_run_saves_checkpoints_metrics_and_results(cfg_factory, emoji_ready, tmp
         metrics["train/loss"]
     )
     assert (tmp_path / "results.md").is_file()
+    # the pictures beside it: per-class zero-shot of each entry and the validation retrieval sheet
+    for name in ("per_class_emoji.png", "per_class_emoji_group.png", "retrieval_sheet_retrieval_val.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG" and f"]({name})" in (
+            tmp_path / "results.md"
+        ).read_text()
     assert any(k.startswith("zeroshot/") for k in metrics)
     # cliplab's own checkpoints need nothing beyond tensors and plain containers
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)

@@ -2,6 +2,8 @@
 is evaluated beside the live weights and checkpointed, the teacher is not; a teacher that cannot read the
 student's batches stops the run before training, in one line."""
 
+import json
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -38,6 +40,9 @@ def test_train_with_teacher_and_average(cfg_factory, emoji_ready, tmp_path):
     assert metrics["train/distill_loss"] > 0 and "train/contrastive_loss" in metrics
     assert {"zeroshot/emoji/top1", "ema/zeroshot/emoji/top1"} <= set(metrics)
     assert "ema/zeroshot/emoji/top1" in {row["metric"] for row in metrics["results"]}
+    # each weights' own per-class picture (taken when each ran: the EMA run reuses the evaluator)
+    pictures = json.loads((tmp_path / "results.json").read_text())["pictures"]
+    assert {"per_class_emoji.png", "per_class_ema_emoji.png"} <= set(pictures)
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert int(state["ema.num_updates"]) == 4 and "ema.weights.logit_scale" in state
     assert all(k.startswith(("model.", "ema.")) for k in state)  # the teacher only by its path

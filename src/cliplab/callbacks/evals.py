@@ -39,6 +39,7 @@ class EvalsCallback(pl.Callback):
         self.entries = list(evals) if isinstance(evals, Sequence) else build_entries(evals)
         self.image_size, self.mean, self.std = image_size, mean, std
         self.results: dict[str, dict[str, float]] = {}  # by entry name (ema/<name>): the last metrics
+        self._pictures: dict[str, dict] = {}  # by entry name (ema/<name>): what the last run kept to draw
 
     def context(self, trainer, pl_module) -> EvalContext:
         image_size = self.image_size or _model_image_size(pl_module)
@@ -68,6 +69,8 @@ class EvalsCallback(pl.Callback):
             entry.last_step = trainer.global_step
             metrics = entry.evaluator.run(pl_module.model, context)
             self.results[f"{tag}{entry.name}"] = metrics
+            if hasattr(entry.evaluator, "picture_data"):  # taken now: the EMA run reuses the evaluator
+                self._pictures[f"{tag}{entry.name}"] = entry.evaluator.picture_data()
             for metric, value in metrics.items():
                 key = f"{tag}{entry.key(metric)}"
                 logged[key] = float(value)
@@ -85,6 +88,10 @@ class EvalsCallback(pl.Callback):
 
     def metric_prefixes(self) -> tuple[str, ...]:
         return tuple(f"{tag}{e.prefix}/" for e in self.entries for tag in ("", "ema/"))
+
+    def picture_data(self) -> dict[str, dict]:
+        """By entry name (ema/<name>): what its last run kept for the pictures (cliplab.eval.pictures)."""
+        return dict(self._pictures)
 
     def provenance(self) -> dict[str, dict]:
         """By entry name: what produced its last numbers (entries that have not run yet are left out)."""

@@ -8,17 +8,22 @@ moving average's features are scored too, as `ema/retrieval/<name>/...`.
 import pytorch_lightning as pl
 import torch
 
+from cliplab.data.transforms import CLIP_MEAN, CLIP_STD
 from cliplab.eval.run import RetrievalAccumulator
 
 
 class RetrievalCallback(pl.Callback):
     """Recall@k on validation batches `(images, tokens [B,L] or [B,K,L])`, every `every_n_epochs` epochs."""
 
-    def __init__(self, name: str = "val", ks=(1, 5, 10), every_n_epochs: int = 1, dataloader_idx: int = 0):
+    def __init__(self, name: str = "val", ks=(1, 5, 10), every_n_epochs: int = 1, dataloader_idx: int = 0,
+                 examples: int = 6, mean=CLIP_MEAN, std=CLIP_STD):  # fmt: skip
         super().__init__()
         self.name, self.every_n_epochs, self.dataloader_idx = name, every_n_epochs, dataloader_idx
-        self.accumulator = RetrievalAccumulator(ks)
-        self.ema_accumulator = RetrievalAccumulator(ks)  # validation_step's features of the EMA weights
+        # `examples` captions with their top-5 images for the retrieval sheet (mean/std turn images back
+        # into pixels: the data module's validation transform's when it has one); 0 keeps none
+        self.accumulator = RetrievalAccumulator(ks, examples=examples, mean=mean, std=std)
+        self.examples = None
+        self.ema_accumulator = RetrievalAccumulator(ks, examples=0)  # validation_step's EMA features
         self.gallery_sizes: tuple[int, int] | None = (
             None  # (images, captions) over all ranks, last evaluation
         )
@@ -34,6 +39,10 @@ class RetrievalCallback(pl.Callback):
             levels[f"retrieval/{self.name}/text_to_image_R@{k}"] = min(1.0, k / images)
         return levels
 
+    def picture_data(self) -> dict[str, dict]:
+        """The last evaluation's rankings of a few captions, for the retrieval sheet (cliplab.eval.pictures)."""
+        return {} if self.examples is None else {f"retrieval/{self.name}": {"retrieval": self.examples}}
+
     def _active(self, trainer) -> bool:
         if trainer.sanity_checking:
             return False
@@ -42,6 +51,11 @@ class RetrievalCallback(pl.Callback):
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self.accumulator.reset()
         self.ema_accumulator.reset()
+        transform = getattr(getattr(trainer, "datamodule", None), "val_transform", None)
+        if hasattr(transform, "mean") and hasattr(
+            transform, "std"
+        ):  # the sheet's pixels: undo its normalisation
+            self.accumulator.mean, self.accumulator.std = tuple(transform.mean), tuple(transform.std)
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
@@ -49,7 +63,7 @@ class RetrievalCallback(pl.Callback):
         if dataloader_idx != self.dataloader_idx or not self._active(trainer):
             return
         if isinstance(outputs, dict) and "image_features" in outputs:  # validation_step's own features
-            self.accumulator.add(outputs["image_features"], outputs["text_features"])
+            self.accumulator.add(outputs["image_features"], outputs["text_features"], batch[0], batch[1])
             if "ema" in outputs:
                 self.ema_accumulator.add(outputs["ema"]["image_features"], outputs["ema"]["text_features"])
         else:
@@ -60,12 +74,15 @@ class RetrievalCallback(pl.Callback):
             return
         local = torch.tensor([self.accumulator.n_images, sum(len(t) for t in self.accumulator.text_feats)])
         self.gallery_sizes = tuple(int(n) for n in trainer.strategy.reduce(local, reduce_op="sum"))
-        for tag, accumulator in (("", self.accumulator), ("ema/", self.ema_accumulator)):
-            if not accumulator.image_feats:
-                continue
-            metrics = accumulator.compute()  # equal on every rank (galleries gathered)
-            for key, value in metrics.items():
+        # equal on every rank (galleries gathered)
+        metrics = {"": self.accumulator.compute(decode=getattr(pl_module.tokenizer, "decode", None))}
+        self.examples = self.accumulator.examples
+        if self.ema_accumulator.image_feats:
+            metrics["ema/"] = self.ema_accumulator.compute()
+        for tag, values in metrics.items():
+            for key, value in values.items():
                 pl_module.log(
                     f"{tag}retrieval/{self.name}/{key}", value, rank_zero_only=False, sync_dist=False
                 )
-            accumulator.reset()
+        self.accumulator.reset()
+        self.ema_accumulator.reset()

@@ -260,13 +260,15 @@ class FashionMNISTBenchmark(ZeroShotBenchmark):
 
 
 class EmojiBenchmark(ZeroShotBenchmark):
-    """A zero-shot split of the default emoji data set (`style`: the held-out artist; `novel`; `group`)."""
+    """A zero-shot split of the default emoji data set (`style`: the held-out artist; `novel`; `group`),
+    optionally only the images drawn in `styles` (e.g. the novel concepts in the training styles)."""
 
     def __init__(self, name: str = "emoji", split: str = "style", image_size: int = 64, templates=None,
                  limit: int | None = None, dataset_options: dict | None = None,
-                 root: str | Path | None = None):  # fmt: skip
+                 root: str | Path | None = None, styles=None):  # fmt: skip
         super().__init__(name, templates, limit)
         self.split, self.image_size = split, image_size
+        self.styles = None if styles is None else [str(s) for s in styles]
         self.dataset_options = dict(dataset_options or {})
         self._root = root  # a build folder (the configs pass paths.emoji_dir, the one training reads)
 
@@ -289,5 +291,9 @@ class EmojiBenchmark(ZeroShotBenchmark):
             raise BenchmarkError(f"emoji zero-shot split {self.split!r} not found: {table}")
         names = read_lines(self.root / f"classnames_{self.split}.txt")
         with table.open(newline="", encoding="utf-8") as f:
-            items = [(str(self.root / row["image"]), int(row["label"])) for row in csv.DictReader(f)]
-        return names, items
+            rows = [row for row in csv.DictReader(f) if self.styles is None or row["style"] in self.styles]
+        if not rows and self.styles is not None:
+            raise BenchmarkError(
+                f"emoji zero-shot split {self.split!r} has no images in styles {self.styles}"
+            )
+        return names, [(str(self.root / row["image"]), int(row["label"])) for row in rows]

@@ -2,8 +2,8 @@
 
 `results.json`: `{"produced_by": {...}, "rows": [{"metric", "value", "chance"}, ...]}`, where produced_by
 says what produced the numbers (model and weights hash, and per `evals` entry its data version, prompts and
-templates, preprocessing); `results.md`: the rows as a Markdown table (the README's tables are copied from
-it); the same table is printed.
+templates, preprocessing) and `pictures` (file -> caption, when any were drawn); `results.md`: the rows as a
+Markdown table (the README's tables are copied from it), then the pictures beside it; the table is printed.
 """
 
 import json
@@ -47,13 +47,22 @@ def print_results(rows: list[dict], title: str) -> None:
     Console().print(table)
 
 
-def write_results(rows: list[dict], output_dir: str | Path, produced_by: Mapping | None = None) -> Path:
-    """Writes results.json and results.md into `output_dir`, prints the table; returns results.json."""
+def write_results(
+    rows: list[dict], output_dir: str | Path, produced_by: Mapping | None = None, pictures=()
+) -> Path:
+    """Writes results.json and results.md into `output_dir` (results.md links `pictures`, the
+    cliplab.eval.pictures.write.Picture files already drawn there), prints the table; returns results.json."""
+    from cliplab.eval.pictures.write import pictures_markdown
+
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     layout = {"produced_by": dict(produced_by or {}), "rows": rows}
+    if pictures:
+        layout["pictures"] = {Path(p.file).name: p.caption for p in pictures}
     json_path = output_dir / "results.json"
     json_path.write_text(json.dumps(layout, indent=2, default=str))
-    (output_dir / "results.md").write_text(results_markdown(rows))
+    (output_dir / "results.md").write_text(
+        results_markdown(rows) + pictures_markdown(list(pictures), output_dir)
+    )
     print_results(rows, f"Held-out results ({output_dir})")
     return json_path

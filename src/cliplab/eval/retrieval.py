@@ -63,3 +63,31 @@ def retrieval_metrics(
         metrics[f"image_to_text_R@{k}"] = i2t_hits[k] / n_images
         metrics[f"text_to_image_R@{k}"] = t2i_hits[k] / n_texts
     return metrics
+
+
+def spread_queries(n_texts: int, count: int) -> list[int]:
+    """`count` caption indices spread evenly over the gallery (the same ones every run)."""
+    count = min(int(count), n_texts)
+    return [] if count <= 0 else sorted({int(i * n_texts / count) for i in range(count)})
+
+
+@torch.no_grad()
+def top_images(
+    image_features: torch.Tensor, text_features: torch.Tensor, queries: Sequence[int], k: int = 5
+) -> list[list[int]]:
+    """For each query caption, the indices of its k best-scoring images, best first."""
+    images = F.normalize(image_features.float(), dim=-1)
+    texts = F.normalize(text_features[list(queries)].float(), dim=-1)
+    return (texts @ images.T).topk(min(k, images.shape[0]), dim=1).indices.tolist()
+
+
+def thumbnails(images: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Normalised images `[B, 3, H, W]` back to pixels: uint8 `[B, size, size, 3]` (area-downsampled)."""
+    x = images.detach().float()
+    x = (
+        x * torch.tensor(std, device=x.device)[:, None, None]
+        + torch.tensor(mean, device=x.device)[:, None, None]
+    )
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="area")
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()

@@ -7,6 +7,7 @@ every world_size-th batch of images; counts and metrics are summed across ranks 
 """
 
 import logging
+import re
 from collections.abc import Iterable
 
 import torch
@@ -15,10 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from cliplab.data.transforms import CLIP_MEAN, CLIP_STD
 from cliplab.eval.benchmarks import BenchmarkError, ZeroShotBenchmark, collate_skipping
 from cliplab.eval.features import rank_share
 from cliplab.eval.lockstep import Lockstep, blank_images
-from cliplab.eval.retrieval import retrieval_metrics
+from cliplab.eval.pictures.data import RetrievalExamples
+from cliplab.eval.retrieval import retrieval_metrics, spread_queries, thumbnails, top_images
 from cliplab.eval.zeroshot import ClassifierCache, ZeroShotAccumulator, build_zeroshot_classifier
 from cliplab.losses.gather import gather_rows
 from cliplab.utils.dist import dist_info
@@ -43,8 +46,10 @@ def evaluate_zeroshot(
     world_size: int = 1,
     cache: ClassifierCache | None = None,
     text_batch_size: int = 1024,
+    per_class: bool = False,
 ) -> dict[str, float]:
-    """top1, top5, mean_recall, n_images and n_skipped (unreadable images) of one benchmark."""
+    """top1, top5, mean_recall, n_images and n_skipped (unreadable images) of one benchmark; with
+    `per_class`, also `per_class_recall` and `per_class_support` (lists, one entry per class)."""
     was_training = model.training
     model.eval()
     try:
@@ -79,7 +84,10 @@ def evaluate_zeroshot(
             log.warning(
                 "benchmark %r: skipped %d unreadable images of %d", benchmark.name, skipped, seen + skipped
             )
-        return {**accumulator.compute(), "n_images": seen, "n_skipped": skipped}
+        metrics = {**accumulator.compute(), "n_images": seen, "n_skipped": skipped}
+        if per_class:
+            metrics["per_class_recall"], metrics["per_class_support"] = accumulator.per_class_recall()
+        return metrics
     finally:
         model.train(was_training)
 
@@ -89,14 +97,32 @@ class RetrievalAccumulator:
 
     `update(model, images [B,3,H,W], tokens [B,L] or [B,K,L])`: K captions per image; all-zero token rows in
     a `[B, K, L]` batch are padding (images with fewer captions) and are ignored.
+
+    With `examples` > 0 it also keeps a small thumbnail of every image and the tokens of every caption, and
+    `compute(decode)` leaves in `self.examples` the top `shown` images of that many captions spread over
+    the gallery (cliplab.eval.pictures' retrieval sheet). `examples: 0` keeps nothing more.
     """
 
-    def __init__(self, ks=(1, 5, 10)):
+    def __init__(self, ks=(1, 5, 10), examples: int = 0, shown: int = 5, thumbnail_size: int = 48,
+                 mean=CLIP_MEAN, std=CLIP_STD):  # fmt: skip
         self.ks = tuple(ks)
+        self.n_examples, self.shown, self.thumbnail_size = int(examples), int(shown), int(thumbnail_size)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.examples: RetrievalExamples | None = None
         self.reset()
 
     def reset(self) -> None:
         self.image_feats, self.text_feats, self.owners, self.n_images = [], [], [], 0
+        self.thumbs, self.tokens = [], []
+
+    def _keep(self, images: torch.Tensor, tokens: torch.Tensor) -> None:
+        if self.n_examples <= 0:
+            return
+        self.thumbs.append(thumbnails(images, self.thumbnail_size, self.mean, self.std))
+        fixed = tokens.new_zeros((tokens.shape[0], CAPTION_TOKENS))  # one width on every batch and rank
+        width = min(CAPTION_TOKENS, tokens.shape[1])
+        fixed[:, :width] = tokens[:, :width]
+        self.tokens.append(fixed)
 
     @torch.no_grad()
     def update(self, model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> None:
@@ -118,6 +144,7 @@ class RetrievalAccumulator:
         self.text_feats.append(F.normalize(model.encode_text(flat[real]).float(), dim=-1))
         self.owners.append(owner[real])
         self.n_images += images.shape[0]
+        self._keep(images.to(device), flat[real])
 
     @staticmethod
     def idle_forward(model: nn.Module) -> None:
@@ -128,22 +155,67 @@ class RetrievalAccumulator:
         model.encode_text(torch.zeros(1, context, dtype=torch.long, device=blank.device))
 
     @torch.no_grad()
-    def add(self, image_features: torch.Tensor, text_features: torch.Tensor) -> None:
-        """Features already computed for a batch of pairs (one caption per image, row i with row i)."""
+    def add(
+        self, image_features: torch.Tensor, text_features: torch.Tensor, images=None, tokens=None
+    ) -> None:
+        """Features already computed for a batch of pairs (one caption per image, row i with row i); the
+        batch's `images` and `tokens` too when examples are kept."""
         owner = torch.arange(image_features.shape[0], device=image_features.device) + self.n_images
         self.image_feats.append(F.normalize(image_features.detach().float(), dim=-1))
         self.text_feats.append(F.normalize(text_features.detach().float(), dim=-1))
         self.owners.append(owner)
         self.n_images += image_features.shape[0]
+        if images is not None and tokens is not None:
+            tokens = tokens[:, 0] if tokens.dim() == 3 else tokens
+            self._keep(images.to(image_features.device), tokens.to(image_features.device))
 
-    def compute(self) -> dict[str, float]:
+    def compute(self, decode=None) -> dict[str, float]:
+        """Recall@k over every rank's pairs; with examples kept, also fills `self.examples` (captions
+        written out with `decode(token ids) -> str`, else numbered)."""
         if not self.image_feats:
             raise ValueError("retrieval evaluation got no batches")
         images, texts, owner = (torch.cat(x) for x in (self.image_feats, self.text_feats, self.owners))
         if dist_info().distributed:  # shift this rank's image numbers past those of lower ranks
             counts = gather_rows(torch.tensor([self.n_images], device=images.device))
             owner = owner + int(counts[: dist.get_rank()].sum())
-        return retrieval_metrics(gather_rows(images), gather_rows(texts), gather_rows(owner), ks=self.ks)
+        images, texts, owner = gather_rows(images), gather_rows(texts), gather_rows(owner)
+        if self.n_examples > 0 and len(self.thumbs) == len(self.image_feats):
+            thumbs, tokens = gather_rows(torch.cat(self.thumbs)), gather_rows(torch.cat(self.tokens))
+            self.examples = self._examples(images, texts, owner, thumbs, tokens, decode)
+        return retrieval_metrics(images, texts, owner, ks=self.ks)
+
+    def _examples(self, images, texts, owner, thumbs, tokens, decode) -> RetrievalExamples:
+        # picked by caption content, not gallery position: the same captions on any number of ranks
+        order = torch.argsort(caption_keys(tokens), stable=True)
+        queries = [int(order[i]) for i in spread_queries(texts.shape[0], self.n_examples)]
+        ranked = top_images(images, texts, queries, self.shown)
+        shown = sorted({i for row in ranked for i in row} | {int(owner[q]) for q in queries})
+        return RetrievalExamples(
+            captions=[caption_text(decode, tokens[q]) if decode else f"caption {q}" for q in queries],
+            ranked=ranked,
+            correct=[int(owner[q]) for q in queries],
+            thumbnails={i: thumbs[i].cpu().numpy() for i in shown},
+            gallery=int(images.shape[0]),
+        )
+
+
+CAPTION_TOKENS = 77  # caption tokens kept for the retrieval sheet's text (longer ones are cut there only)
+
+
+def caption_keys(tokens: torch.Tensor) -> torch.Tensor:
+    """A fixed pseudo-random int64 key per caption from its token ids (wrapping arithmetic)."""
+    weights = torch.randint(1, 2**62, (tokens.shape[1],), generator=torch.Generator().manual_seed(0))
+    return (tokens.long().cpu() * weights).sum(dim=1)
+
+
+def caption_text(decode, ids: torch.Tensor) -> str:
+    """A caption's text from its token ids, without padding or start/end-of-text markers."""
+    ids = [int(i) for i in ids.tolist() if int(i) != 0]
+    try:
+        text = decode(ids, skip_special_tokens=True)  # Hugging Face tokenizers
+    except TypeError:
+        text = decode(ids)
+    return re.sub(r"<\|?(start|end)_?of_?text\|?>", " ", text).strip()
 
 
 @torch.no_grad()
@@ -216,13 +288,14 @@ def _init_ranks(device: str) -> tuple[int, int]:
 
 
 def evaluate(cfg) -> dict[str, dict[str, float]]:
-    """`src/eval.py`: load the model, run every `cfg.evals` entry once, write results.json and results.md
-    (cliplab.eval.report's layout, the one training writes). Under torchrun each rank evaluates its share
+    """`src/eval.py`: load the model, run every `cfg.evals` entry once, write results.json, results.md and
+    the pictures beside them (cliplab.eval.report's layout, the one training writes). Under torchrun each rank evaluates its share
     and rank 0 writes. Returns `{entry name: metrics}`."""
     from pathlib import Path
 
     from cliplab.data.transforms import eval_transform
     from cliplab.eval.evaluator import EvalContext, build_entries
+    from cliplab.eval.pictures.write import write_pictures
     from cliplab.eval.provenance import file_sha256, weights_sha256
     from cliplab.eval.report import result_rows, write_results
     from cliplab.utils.errors import ConfigError
@@ -255,7 +328,11 @@ def evaluate(cfg) -> dict[str, dict[str, float]]:
             "evals": {e.name: {"prefix": e.prefix, **e.evaluator.provenance()} for e in entries},
         }
         rows = result_rows(logged, chance, [f"{e.prefix}/" for e in entries])
-        json_path = write_results(rows, Path(cfg.output_dir), produced_by)
+        outputs = {
+            e.name: e.evaluator.picture_data() for e in entries if hasattr(e.evaluator, "picture_data")
+        }
+        pictures = write_pictures(outputs, Path(cfg.output_dir))
+        json_path = write_results(rows, Path(cfg.output_dir), produced_by, pictures)
         print(f"results written to {json_path.parent}")
     if joined:
         dist.destroy_process_group()

@@ -156,6 +156,13 @@ class ZeroShotAccumulator(nn.Module):
             "mean_recall": float(mean_recall),
         }
 
+    def per_class_recall(self) -> tuple[list[float], list[int]]:
+        """(top-1 recall of every class, nan without images; images of every class), summed over ranks."""
+        stats = self.per_class.compute()
+        tp, support = stats[:, 0].double(), stats[:, 4].double()
+        recall = torch.where(support > 0, tp / support.clamp(min=1), torch.full_like(tp, float("nan")))
+        return recall.tolist(), [int(n) for n in support.tolist()]
+
     def reset(self) -> None:
         for metric in (self.top1, self.top5, self.per_class):
             metric.reset()

@@ -2,15 +2,15 @@
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.ticker
+import numpy as np
 
-matplotlib.use("Agg")  # files only; never a display (CI, SLURM, notebooks save too)
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
+# matplotlib's object API writes files without pyplot: no global backend is switched, so a notebook that
+# imports this module keeps showing its own inline plots (and CI, SLURM need no display)
+from matplotlib.figure import Figure
 
-from cliplab.sweeps.collect import Job  # noqa: E402
-from cliplab.sweeps.powerlaw import PowerLaw, fit_power_law  # noqa: E402
+from cliplab.sweeps.collect import Job
+from cliplab.sweeps.powerlaw import PowerLaw, fit_power_law
 
 
 def short_labels(jobs: list[Job]) -> list[str]:
@@ -38,7 +38,8 @@ def scaling_points(jobs: list[Job], metric: str) -> tuple[list[Job], np.ndarray,
 def plot_scaling(jobs: list[Job], metric: str, path: Path) -> PowerLaw | None:
     kept, compute, error = scaling_points(jobs, metric)
     fit = fit_power_law(compute, error)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
     ax.scatter(compute, error, color="C0", zorder=3)
     for label, x, y in zip(short_labels(kept), compute, error):
         ax.annotate(label, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
@@ -63,13 +64,13 @@ def plot_scaling(jobs: list[Job], metric: str, path: Path) -> PowerLaw | None:
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return fit
 
 
 def plot_curves(jobs: list[Job], key: str, path: Path) -> int:
     """One line per job of a logged metric against samples seen (steps x batch); returns lines drawn."""
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
     drawn = 0
     for job, label in zip(jobs, short_labels(jobs)):
         points = job.curve(key)
@@ -87,5 +88,4 @@ def plot_curves(jobs: list[Job], key: str, path: Path) -> int:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return drawn

@@ -1,7 +1,8 @@
 """Sweep report: `python -m cliplab.sweeps.report <sweep dir>` (or `make report SWEEP=<dir>`).
 
 Writes into `<sweep dir>/report/`: runs.csv, scaling.png (error vs training compute, log-log, fitted power
-law), loss.png (train/loss curves), val_loss.png, report.md and report.html. Offline: it reads only the job
+law), loss.png (train/loss curves), val_loss.png, robustness.png (effective robustness, when the jobs logged
+an in-distribution and a held-out accuracy: cliplab.sweeps.robustness), report.md and report.html. Offline: it reads only the job
 directories. With `--wandb` and an online W&B login it also publishes a W&B report (cliplab.sweeps.wandb_report).
 """
 
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cliplab.sweeps.collect import Job, collect
-from cliplab.sweeps.plots import plot_curves, plot_scaling, scaling_points
+from cliplab.sweeps.plots import plot_curves, plot_scaling, scaling_points, short_labels
 from cliplab.sweeps.powerlaw import PowerLaw, fit_power_law
+from cliplab.sweeps.robustness import HELD_OUT, IN_DISTRIBUTION, Trend, plot_robustness, robustness_points
 
 DEFAULT_METRIC = "zeroshot/emoji/top1"
 COLUMNS = ("job", "status", "flops/sample", "samples seen", "compute (FLOPs)", "train/loss", "val/loss")
@@ -133,12 +135,43 @@ def headline_metric(jobs: list[Job]) -> str:
     return named.pop() if len(named) == 1 else DEFAULT_METRIC
 
 
+def robustness_metrics(jobs: list[Job]) -> tuple[str, str]:
+    """(in distribution, held out): the experiment's `robustness_metrics`, else the emoji defaults."""
+    named = {tuple((j.config.get("robustness_metrics") or {}).get(k) for k in ("in_distribution", "held_out"))
+             for j in jobs} - {(None, None)}  # fmt: skip
+    x, y = named.pop() if len(named) == 1 else (None, None)
+    return x or IN_DISTRIBUTION, y or HELD_OUT
+
+
+def robustness_markdown(jobs: list[Job], x_metric: str, y_metric: str, trend: Trend | None) -> list[str]:
+    """The effective-robustness section: the trend and each run's distance above it."""
+    kept, x, y = robustness_points(jobs, x_metric, y_metric)
+    lines = ["", "## Effective robustness", ""]
+    if not kept:
+        return lines + [f"No job logged both `{x_metric}` (in distribution) and `{y_metric}` (held out)."]
+    if trend is None:
+        lines.append("No trend: fewer than two jobs with different in-distribution accuracy.")
+    else:
+        lines.append(f"Trend fitted on logit-transformed accuracies over {len(kept)} jobs: **{trend}** "
+                     f"(R^2 {trend.r2:.3f}); x = `{x_metric}`, y = `{y_metric}`.")  # fmt: skip
+    lines += ["", "| job | in distribution | held out | effective robustness |", "|---|---:|---:|---:|"]
+    for job, px, py in zip(kept, x, y):
+        er = "" if trend is None else f"{py - float(trend(px)):+.4f}"
+        lines.append(f"| {job.name} | {px:.4f} | {py:.4f} | {er} |")
+    return lines + ["", "![Effective robustness: held-out vs in-distribution accuracy](robustness.png)"]
+
+
 def write_report(
-    sweep_dir: str | Path, out_dir: str | Path | None = None, metric: str | None = None
+    sweep_dir: str | Path,
+    out_dir: str | Path | None = None,
+    metric: str | None = None,
+    in_distribution: str | None = None,
+    held_out: str | None = None,
 ) -> Report:
     """Collects the sweep's jobs and writes the table, figures, Markdown and HTML; returns what it wrote.
 
-    `metric` (error = 1 - accuracy, or a loss as is) defaults to the experiment's `report_metric`."""
+    `metric` (error = 1 - accuracy, or a loss as is) defaults to the experiment's `report_metric`;
+    `in_distribution` and `held_out`, the effective-robustness axes, to its `robustness_metrics`."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"no sweep directory {sweep_dir}")
@@ -156,12 +189,25 @@ def write_report(
     ):
         if plot_curves(jobs, key, out_dir / file):
             files[file], images[caption] = out_dir / file, file
+    default_x, default_y = robustness_metrics(jobs)
+    x_metric, y_metric = in_distribution or default_x, held_out or default_y
+    trend = None
+    if robustness_points(jobs, x_metric, y_metric)[0]:
+        files["robustness.png"] = out_dir / "robustness.png"
+        trend = plot_robustness(jobs, short_labels(jobs), x_metric, y_metric, files["robustness.png"])
+        images["Effective robustness"] = "robustness.png"
     title = f"Sweep report: {sweep_dir.name}"
     files["report.md"] = out_dir / "report.md"
-    files["report.md"].write_text(markdown(jobs, metric, fit, images, title))
+    plain = {c: f for c, f in images.items() if f != "robustness.png"}  # its own section below, in Markdown
+    text = markdown(jobs, metric, fit, plain, title)
+    files["report.md"].write_text(
+        text + "\n".join(robustness_markdown(jobs, x_metric, y_metric, trend)) + "\n"
+    )
     files["report.html"] = out_dir / "report.html"
     files["report.html"].write_text(html_page(jobs, metric, fit, images, title))
-    summary = {"metric": metric, "jobs": len(jobs), "fit": None if fit is None else fit.__dict__}
+    summary = {"metric": metric, "jobs": len(jobs), "fit": None if fit is None else fit.__dict__,
+               "robustness": {"in_distribution": x_metric, "held_out": y_metric,
+                              "trend": None if trend is None else trend.__dict__}}  # fmt: skip
     files["fit.json"] = out_dir / "fit.json"
     files["fit.json"].write_text(json.dumps(summary, indent=2))
     return Report(out_dir=out_dir, jobs=jobs, metric=metric, fit=fit, files=files)
@@ -179,11 +225,15 @@ def main(argv: list[str] | None = None) -> Report:
         help=f"accuracy (error = 1 - value) or a */loss metric (default: the experiment's report_metric, "
         f"else {DEFAULT_METRIC})",
     )
+    parser.add_argument("--in-distribution", default=None,
+                        help=f"effective robustness x axis (default: the experiment's robustness_metrics, "
+                             f"else {IN_DISTRIBUTION})")  # fmt: skip
+    parser.add_argument("--held-out", default=None, help=f"its y axis (default {HELD_OUT})")
     parser.add_argument(
         "--wandb", action="store_true", help="also publish a W&B report (online login needed)"
     )
     args = parser.parse_args(argv)
-    report = write_report(args.sweep_dir, args.out, args.metric)
+    report = write_report(args.sweep_dir, args.out, args.metric, args.in_distribution, args.held_out)
     print(report.files["report.md"].read_text())
     print(f"report written to {report.out_dir}")
     if args.wandb:

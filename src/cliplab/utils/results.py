@@ -44,7 +44,22 @@ def training_provenance(trainer: pl.Trainer, output_dir: Path) -> dict:
     return produced
 
 
+def picture_data(trainer: pl.Trainer) -> dict[str, dict]:
+    """What the evaluation callbacks kept for the pictures, by entry name (cliplab.eval.pictures.write)."""
+    outputs: dict[str, dict] = {}
+    for callback in trainer.callbacks:
+        if hasattr(callback, "picture_data"):
+            outputs.update(callback.picture_data())
+    return outputs
+
+
 def write_results(rows: list[dict], output_dir: Path, trainer: pl.Trainer | None = None) -> None:
-    """Prints the table and writes results.json and results.md into the run directory."""
+    """Prints the table and writes results.json, results.md and the pictures into the run directory; the
+    pictures go to the W&B run too (as images and tables) when a WandbLogger is logging."""
+    from cliplab.eval.pictures.write import log_pictures, write_pictures
+
     produced_by = training_provenance(trainer, output_dir) if trainer is not None else None
-    report.write_results(rows, output_dir, produced_by)
+    pictures = write_pictures(picture_data(trainer), output_dir) if trainer is not None else []
+    report.write_results(rows, output_dir, produced_by, pictures)
+    if pictures:
+        log_pictures(pictures, trainer.loggers)

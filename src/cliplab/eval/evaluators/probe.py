@@ -8,13 +8,16 @@ rank 0 with its metrics sent to every rank (scikit-learn runs once, every rank l
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.distributed as dist
 
 from cliplab.eval.benchmarks import BenchmarkError, ImageFolderBenchmark
 from cliplab.eval.evaluator import EvalContext
 from cliplab.eval.features import extract_features
 from cliplab.eval.linear_probe import linear_probe
+from cliplab.eval.pictures.data import KShotCurve
 from cliplab.eval.provenance import digest, transform_description
+from cliplab.eval.zeroshot import build_zeroshot_classifier
 
 
 def c_values(low: float = -6, high: float = 6, steps: int = 13) -> list[float]:
@@ -137,11 +140,30 @@ class LinearProbe(_FolderProbe):
 
 class KShotProbe(_FolderProbe):
     """Test top-1 with k training images per class, for each k in `shots`, mean and std over `seeds`
-    draws (each draw also holds out its own k per class of validation images to choose C)."""
+    draws (each draw also holds out its own k per class of validation images to choose C).
 
-    def __init__(self, root, shots=(1, 2, 4, 8, 16), seeds: int = 3, val_fraction: float = 0.5, **kwargs):
+    With `zero_shot_templates` (default one CLIP prompt; null: off) it also logs `zeroshot_top1`: the
+    zero-shot classifier of the folder's class names on the same test images, the line the k-shot curve is
+    read against (the CLIP paper's Figure 6: how many shots match zero-shot)."""
+
+    def __init__(self, root, shots=(1, 2, 4, 8, 16), seeds: int = 3, val_fraction: float = 0.5,
+                 zero_shot_templates=("a photo of a {}.",), **kwargs):  # fmt: skip
         super().__init__(root, val_fraction=val_fraction, **kwargs)
         self.shots, self.seeds = tuple(int(k) for k in shots), int(seeds)
+        self.templates = list(zero_shot_templates or [])
+        self._last: dict[str, float] | None = None
+
+    def _zero_shot(self, model, context: EvalContext, data: dict) -> float:
+        """Top-1 of the zero-shot classifier on the test features (every rank: the text tower may be sharded)."""
+        classnames = next(iter(self.sets.values())).classnames
+        was_training = model.training
+        model.eval()
+        try:
+            classifier = build_zeroshot_classifier(model, context.tokenizer, classnames, self.templates)
+        finally:
+            model.train(was_training)
+        logits = torch.from_numpy(data["x_test"]).float() @ classifier.cpu().float()
+        return float((logits.argmax(dim=1).numpy() == data["y_test"]).mean())
 
     def _all_shots(self, data: dict) -> dict[str, float]:
         metrics = {}
@@ -153,11 +175,21 @@ class KShotProbe(_FolderProbe):
 
     def run(self, model, context: EvalContext) -> dict[str, float]:
         data = self.features(model, context)
-        return _on_rank0_then_share(lambda: self._all_shots(data))
+        self._last = _on_rank0_then_share(lambda: self._all_shots(data))
+        if self.templates:
+            self._last["zeroshot_top1"] = self._zero_shot(model, context, data)
+        return self._last
+
+    def picture_data(self) -> dict:
+        """The last run's curve (cliplab.eval.pictures: zero-shot vs k-shot)."""
+        if self._last is None:
+            return {}
+        return {"kshot": KShotCurve.from_metrics(self._last, next(iter(self.sets.values())).classnames)}
 
     def chance_levels(self) -> dict[str, float]:
-        return {f"{k}shot_top1_mean": 1 / self.classes for k in self.shots}
+        levels = {f"{k}shot_top1_mean": 1 / self.classes for k in self.shots}
+        return levels | ({"zeroshot_top1": 1 / self.classes} if self.templates else {})
 
     def provenance(self) -> dict:
         return {"evaluator": "k-shot linear probe", "shots": list(self.shots), "seeds": self.seeds,
-                **super().provenance()}  # fmt: skip
+                "zero_shot_templates": self.templates, **super().provenance()}  # fmt: skip

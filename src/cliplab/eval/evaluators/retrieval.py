@@ -6,6 +6,7 @@ import torch
 
 from cliplab.data.datamodule import CLIPDataModule
 from cliplab.data.table_source import TABLE_SUFFIXES
+from cliplab.data.transforms import CLIP_MEAN, CLIP_STD
 from cliplab.eval.evaluator import EvalContext
 from cliplab.eval.lockstep import Lockstep, batch_count
 from cliplab.eval.provenance import digest, file_sha256, transform_description
@@ -22,8 +23,10 @@ class PairedRetrieval:
     encodes its share; the galleries are gathered, so every rank returns the same recall.
     """
 
-    def __init__(self, data, ks=(1, 5, 10), batch_size: int = 256, num_workers: int = 0):
+    def __init__(self, data, ks=(1, 5, 10), batch_size: int = 256, num_workers: int = 0, examples: int = 6):
         self.data, self.ks = data, tuple(int(k) for k in ks)
+        self.n_examples = int(examples)  # captions on the retrieval sheet (cliplab.eval.pictures); 0: none
+        self._examples = None
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self._sizes: tuple[int, int] | None = None
         self._provenance: dict = {}
@@ -56,7 +59,11 @@ class PairedRetrieval:
         model.eval()
         try:
             module, loader = self._loader(context)
-            accumulator = RetrievalAccumulator(self.ks)
+            transform = context.transform
+            accumulator = RetrievalAccumulator(
+                self.ks, examples=self.n_examples, mean=getattr(transform, "mean", CLIP_MEAN),
+                std=getattr(transform, "std", CLIP_STD),
+            )  # fmt: skip
             lockstep = Lockstep(model, batch_count(loader), lambda: accumulator.idle_forward(model))
             for batch in loader:
                 if batch is None:
@@ -73,7 +80,8 @@ class PairedRetrieval:
             images, captions = (int(n) for n in local)
             if images == 0:  # on every rank alike, after the collective
                 raise DataError(f"retrieval data {self._describe()}: no readable image-caption pairs")
-            metrics = accumulator.compute()
+            metrics = accumulator.compute(decode=getattr(context.tokenizer, "decode", None))
+            self._examples = accumulator.examples
         finally:
             model.train(was_training)
         self._sizes = (images, captions)
@@ -83,6 +91,10 @@ class PairedRetrieval:
             "tokenizer": type(context.tokenizer).__name__,
         }
         return metrics
+
+    def picture_data(self) -> dict:
+        """The last run's rankings of a few captions (cliplab.eval.pictures: the retrieval sheet)."""
+        return {} if self._examples is None else {"retrieval": self._examples}
 
     def _describe(self) -> str:
         for attribute in ("path", "root", "urls"):

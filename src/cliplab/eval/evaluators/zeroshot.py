@@ -2,6 +2,7 @@
 
 from cliplab.eval.benchmarks import ZeroShotBenchmark
 from cliplab.eval.evaluator import EvalContext
+from cliplab.eval.pictures.data import PerClassAccuracy
 from cliplab.eval.provenance import digest, transform_description
 from cliplab.eval.run import evaluate_zeroshot
 from cliplab.eval.zeroshot import ClassifierCache
@@ -26,6 +27,7 @@ class ZeroShotClassification:
         self._cache = ClassifierCache()
         self._counts: dict[str, int] = {}
         self._transform = None
+        self._per_class: PerClassAccuracy | None = None
 
     def run(self, model, context: EvalContext) -> dict[str, float]:
         metrics = evaluate_zeroshot(
@@ -39,10 +41,18 @@ class ZeroShotClassification:
             world_size=context.world_size,
             cache=self._cache,
             text_batch_size=self.text_batch_size,
+            per_class=True,
         )
         self._counts = {"n_images": metrics["n_images"], "n_skipped": metrics["n_skipped"]}
         self._transform = context.transform
+        self._per_class = PerClassAccuracy(
+            list(self.benchmark.classnames), metrics["per_class_recall"], metrics["per_class_support"]
+        )
         return {key: metrics[key] for key in LOGGED}
+
+    def picture_data(self) -> dict:
+        """The last run's per-class accuracy (cliplab.eval.pictures)."""
+        return {} if self._per_class is None else {"per_class": self._per_class}
 
     def chance_levels(self) -> dict[str, float]:
         """k / classes for top-k, 1 / classes for mean recall (guessing uniformly)."""
