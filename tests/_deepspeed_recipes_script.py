@@ -12,15 +12,13 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pytorch_lightning as pl
+import torch
 
-import _deepspeed_ckpt_script as ds  # noqa: E402  (DS_ACCELERATOR=cpu and the CPU strategy, set on import)
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-
-from cliplab.lit.module import CLIPModule  # noqa: E402
-from cliplab.lit.teacher import Teacher  # noqa: E402
-from cliplab.models.build import build_clip  # noqa: E402
+from cliplab.lit.module import CLIPModule
+from cliplab.lit.teacher import Teacher
+from cliplab.models.build import build_clip
+from tests import _deepspeed_ckpt_script as ds  # the CPU strategy (the test sets DS_ACCELERATOR=cpu)
 
 
 class Losses(pl.Callback):
