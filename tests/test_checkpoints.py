@@ -143,6 +143,7 @@ def test_keep_last_k_and_best_k_leave_exactly_the_expected_files(tmp_path):
 # ---- preemption: a real training process, SIGTERM mid-training, then ckpt_path=last ----------------------
 
 TRAIN = [
+    "data=emoji",
     "logger=csv",
     "data.num_workers=0",
     "data.batch_size=16",

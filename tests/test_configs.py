@@ -111,7 +111,15 @@ def test_unknown_model_lists_choices():
 def test_multirun_without_experiment_resolves_its_sweep_dir(tmp_path, emoji_ready):
     """The sweeper resolves hydra.sweep.dir before any job exists: paths must not need `${hydra:...}`."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "src" / "train.py"), "-m", "debug=fast", "logger=csv", "seed=1,2"],
+        [
+            sys.executable,
+            str(ROOT / "src" / "train.py"),
+            "-m",
+            "data=emoji",
+            "debug=fast",
+            "logger=csv",
+            "seed=1,2",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -120,4 +128,7 @@ def test_multirun_without_experiment_resolves_its_sweep_dir(tmp_path, emoji_read
     )
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = sorted(p.name for p in (tmp_path / "logs" / "train" / "multiruns").glob("*/*") if p.is_dir())
-    assert jobs == ["debug=fast,seed=1", "debug=fast,seed=2"]  # named from their overrides
+    assert jobs == [
+        "data=emoji,debug=fast,seed=1",
+        "data=emoji,debug=fast,seed=2",
+    ]  # named from their overrides

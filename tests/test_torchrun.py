@@ -10,6 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = [
+    "data=emoji",
     "cluster=torchrun",
     "trainer=ddp_cpu",
     "logger=csv",

@@ -8,6 +8,8 @@ import torch
 from cliplab.pipeline import train
 
 TINY = [
+    "data=emoji",  # the emoji set alone: built in a minute (the default mix takes five)
+    "evals=[emoji,emoji_group]",
     "logger=csv",
     "trainer=cpu",
     "trainer.precision=32-true",
@@ -62,7 +64,13 @@ def test_run_saves_checkpoints_metrics_and_results(cfg_factory, emoji_ready, tmp
     )
     assert (tmp_path / "results.md").is_file()
     # the pictures beside it: per-class zero-shot of each entry and the validation retrieval sheet
-    for name in ("per_class_emoji.png", "per_class_emoji_group.png", "retrieval_sheet_retrieval_val.png"):
+    pictures = (
+        "per_class_emoji.png",
+        "per_class_emoji_group.png",
+        "retrieval_sheet_retrieval_val.png",
+        "loss_curves.png",
+    )
+    for name in pictures:
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG" and f"]({name})" in (
             tmp_path / "results.md"
         ).read_text()
@@ -118,7 +126,7 @@ def test_checkpoint_round_trip_gives_the_same_outputs(cfg_factory, emoji_ready, 
     from cliplab.pipeline import build_datamodule, build_module
     from tests._tiny import quiet_trainer
 
-    cfg = cfg_factory(["data.batch_size=16", "data.num_workers=0"])
+    cfg = cfg_factory(["data=emoji", "data.batch_size=16", "data.num_workers=0"])
     module = build_module(cfg)
     trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=build_datamodule(cfg, module.tokenizer))

@@ -80,3 +80,15 @@ def shots_matching(curve: KShotCurve, zero_shot: float) -> float | None:
             t = (zero_shot - a0) / (a1 - a0)
             return float(2 ** (math.log2(k0) + t * (math.log2(k1) - math.log2(k0))))
     return None
+
+
+@dataclass
+class LossCurves:
+    """The run's losses against samples seen: `train` at each logging step, `val` at each validation."""
+
+    train: list[tuple[int, float]] = field(default_factory=list)
+    val: list[tuple[int, float]] = field(default_factory=list)
+
+    def rows(self) -> list[list]:
+        """[samples seen, split, loss], training first: the same numbers as a table."""
+        return [[n, "train", v] for n, v in self.train] + [[n, "val", v] for n, v in self.val]

@@ -2,9 +2,10 @@
 
 `outputs` maps an entry name (`ema/<name>` for the averaged weights) to what its evaluator kept for the
 pictures (`picture_data()`): {"per_class": PerClassAccuracy, "retrieval": RetrievalExamples,
-"kshot": KShotCurve}. The k-shot curve's zero-shot line is the probe's own zero-shot top-1 on its test
-images (KShotProbe's `zeroshot_top1`), else that of an entry of the same weights whose class names are the
-probe folder's (e.g. evals=[folder,kshot] on one folder, the kshot entry's zero_shot_templates null).
+"kshot": KShotCurve}, and the training run's {"loss_curves": LossCurves} (LossCurveRecorder). The k-shot
+curve's zero-shot line is the probe's own zero-shot top-1 on its test images (KShotProbe's `zeroshot_top1`),
+else that of an entry of the same weights whose class names are the probe folder's (e.g. evals=[folder,kshot]
+on one folder, the kshot entry's zero_shot_templates null).
 """
 
 import logging
@@ -12,8 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cliplab.eval.pictures.data import KShotCurve, PerClassAccuracy, RetrievalExamples
+from cliplab.eval.pictures.data import KShotCurve, LossCurves, PerClassAccuracy, RetrievalExamples
 from cliplab.eval.pictures.kshot import draw_kshot, matching_sentence
+from cliplab.eval.pictures.loss_curves import draw_loss_curves
 from cliplab.eval.pictures.per_class import draw_per_class
 from cliplab.eval.pictures.retrieval_sheet import draw_retrieval_sheet
 
@@ -67,7 +69,14 @@ def _draw(name: str, data: dict, outputs: dict[str, dict], out_dir: Path) -> lis
         drawn.append(_retrieval_sheet(name, data["retrieval"], out_dir))
     if data.get("kshot") is not None and data["kshot"].shots:
         drawn.append(_kshot(name, data["kshot"], outputs, out_dir))
+    if data.get("loss_curves") is not None:
+        drawn.append(_loss_curves(data["loss_curves"], out_dir))
     return drawn
+
+
+def _loss_curves(curves: LossCurves, out_dir: Path) -> Picture:
+    file = draw_loss_curves(curves, out_dir / "loss_curves.png", "Training and validation loss")
+    return Picture("Training and validation loss", file, ["samples_seen", "split", "loss"], curves.rows())
 
 
 def _per_class(name: str, per_class: PerClassAccuracy, out_dir: Path) -> Picture:
