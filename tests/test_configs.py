@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -73,14 +74,16 @@ def test_model_image_size_reaches_tower_and_data(tmp_path):
 
 
 def run_train(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "src" / "train.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env={**__import__("os").environ, "WANDB_MODE": "offline"},
-    )
+    """`python src/train.py ARGS`, its run folder (if it gets that far) in a temporary root, not the clone's logs/."""
+    with tempfile.TemporaryDirectory() as root:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "src" / "train.py"), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+            env={**__import__("os").environ, "WANDB_MODE": "offline", "CLIPLAB_ROOT": root},
+        )
 
 
 def test_documented_big_run_prints_resolved_config():
