@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create the virtual environment with every dependency (once; reused afterwards)
 
-data: $(STAMP) ## Fetch and build the default emoji data set into the cache (once)
-	$(PY) -m cliplab.data.prepare
+data: $(STAMP) ## Fetch and build the default data set (the mix, over the emoji set) into the cache (once)
+	$(PY) -m cliplab.data.mix
 
 train: data ## Train + evaluate the default small CLIP on the CPU (ARGS="model=... trainer=..." to change)
 	$(PY) src/train.py $(ARGS)

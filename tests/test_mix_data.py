@@ -170,7 +170,7 @@ def test_title_cleaning_and_flag_keys():
     assert flag_key("FR") == emoji_data.fetch.codepoint_key("1F1EB-1F1F7")
 
 
-def test_the_mix_config_trains_from_the_shards_with_augmentation(built, tmp_path):
+def test_the_mix_config_trains_from_the_shards_augmentations_switched_on_by_config(built, tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
     from omegaconf import open_dict
@@ -186,6 +186,14 @@ def test_the_mix_config_trains_from_the_shards_with_augmentation(built, tmp_path
         cfg.data.fault_dir = str(tmp_path)
     dm = instantiate(cfg.data, tokenizer=lambda texts: texts)
     dm.setup("fit")
-    assert dm.train_transform.augment is not None and dm.train_transform.augment.invert_p > 0
+    assert dm.train_transform.augment is None  # the measured default: no drawing augmentation
     images, captions = next(iter(dm.train_dataloader()))
     assert images.shape == (8, 3, 32, 32) and len(captions) == 8
+    # each augmentation is a switch of the config
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, "data.train_transform.invert_p=0.5"])
+    with open_dict(cfg):
+        cfg.data.fault_dir = str(tmp_path)
+    dm = instantiate(cfg.data, tokenizer=lambda texts: texts)
+    dm.setup("fit")
+    assert dm.train_transform.augment is not None and dm.train_transform.augment.invert_p == 0.5

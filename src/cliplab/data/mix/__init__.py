@@ -1,7 +1,7 @@
-"""The mixed training set (opt-in: `python src/train.py data=mix`): tens of thousands of pairs of several
-kinds, so that a model learns more than the names of one emoji family.
+"""The mixed training set (the default of `python src/train.py`, conf/data/mix.yaml): tens of thousands of
+pairs of several kinds, so that a model learns more than the names of one emoji family.
 
-Build it with `python -m cliplab.data.mix` (builds the default emoji data set first; cached in
+Build it with `make data` = `python -m cliplab.data.mix` (builds the default emoji data set first; cached in
 `cache_dir()/mix/v2-<size>px/`: `shards/train`, and `train.csv` listing each sample in shard order,
 with its source drawing, captions and kind; the drawings live in the shards only). Kinds (`manifest.json`
 counts them):
