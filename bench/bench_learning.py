@@ -1,8 +1,8 @@
 """Learning parity: does cliplab train the default model as well as open_clip trains it?
 
 Both sides start from the same initial weights (open_clip's seeded init, written once by the parent), read
-the same batches (the default emoji training shards through cliplab's `CLIPDataModule`, one loader worker,
-the same seed: the data are not what is compared) and follow the same recipe (AdamW with conf/optim's
+the same batches (the default training shards, conf/train.yaml's data, through cliplab's `CLIPDataModule`,
+one loader worker, the same seed: the data are not what is compared) and follow the same recipe (AdamW with conf/optim's
 hyper-parameters and open_clip's decay groups, linear warm-up then cosine decay over the run, the
 temperature clamped at 100). cliplab: `pytorch_lightning.Trainer` + `CLIPModule` built from conf/, the
 path `python src/train.py` takes. open_clip: its `CLIP` (the same architecture through cliplab's exporter),
@@ -272,7 +272,7 @@ def report(equal_steps: dict, wall: dict | None, info: dict) -> str:
     lines = [
         "# Learning parity: cliplab vs a loop built from open_clip's components",
         "",
-        f"{info['steps']} steps of `model={info['model']}` on the default emoji data, batch {info['batch']}, fp32, "
+        f"{info['steps']} steps of `model={info['model']}` on the default data (`{info['data']}`), batch {info['batch']}, fp32, "
         f"{info['threads']} threads, torch {torch.__version__}. Same initial weights, same batches, same recipe.",
         "",
         "| | cliplab | open_clip |",
@@ -316,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = 30 if args.quick else args.steps
     threads = args.threads or torch.get_num_threads()
     every = LOG_EVERY
-    batch = train_config(args.seed).data.batch_size
+    data = train_config(args.seed).data
+    batch = data.batch_size
+    data_name = "/".join(Path(str(data.train.urls)).parts[-4:-2])  # <cache>/mix/v2-64px/shards/train
     with tempfile.TemporaryDirectory(prefix="cliplab-learning-") as state_dir:
         state = write_reference_state(
             model_config(args.model), os.path.join(state_dir, "init.safetensors"), args.seed
@@ -338,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 "scores": wscores,
                 "compare": compare(wruns, wscores, every),
             }
-    info = {"steps": steps, "model": args.model, "batch": batch, "threads": threads}
+    info = {"steps": steps, "model": args.model, "batch": batch, "threads": threads, "data": data_name}
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     md = report(equal, wall, info)
