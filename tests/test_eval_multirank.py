@@ -107,9 +107,14 @@ def test_eval_entry_point_on_two_ranks_equals_one(tmp_path):
     overrides = [f"ckpt_path={ckpt}", "evals=[retrieval,linear_probe]", f"evals.retrieval.data.path={table}",
                  f"evals.linear_probe.root={root}", "device=cpu", "num_workers=0"]  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run([*cmd, "src/eval.py", *overrides, f"output_dir={tmp_path / 'two'}"], cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "CLIPLAB_ROOT": str(tmp_path)},
-                          capture_output=True, text=True, timeout=300)  # fmt: skip (run folder: tmp_path)
+    proc = subprocess.run(
+        [*cmd, "src/eval.py", *overrides, f"output_dir={tmp_path / 'two'}"],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "CLIPLAB_ROOT": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # its Hydra run folder goes under tmp_path too
     assert proc.returncode == 0, proc.stderr[-3000:]
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         evaluate(compose("eval", overrides=[*overrides, f"output_dir={tmp_path / 'one'}"]))
