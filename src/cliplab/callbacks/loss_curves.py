@@ -3,6 +3,7 @@
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
 
 from cliplab.eval.pictures.data import LossCurves
 from cliplab.lit.log_steps import is_logging_step
@@ -23,7 +24,7 @@ class LossCurveRecorder(pl.Callback):
             self._record(trainer, pl_module, self.train_metric, self.curves.train)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking and trainer.state.fn == "fit":
+        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
             self._record(trainer, pl_module, self.val_metric, self.curves.val)
 
     @staticmethod
