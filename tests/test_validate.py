@@ -140,3 +140,5 @@ def test_mix_data_config_is_valid_and_a_bad_augmentation_stops_it(cfg_factory):
     check(cfg_factory, ["data=mix"])
     with pytest.raises(ConfigError, match="train_transform.invert_p"):
         check(cfg_factory, ["data=mix", "data.train_transform.invert_p=3"])
+    with pytest.raises(ConfigError, match="train_transform.dark_background_p"):
+        check(cfg_factory, ["data=mix", "data.train_transform.dark_background_p=yes"])

@@ -413,7 +413,7 @@ def check_augment(cfg: DictConfig) -> None:
 
     transform = cfg.data.get("train_transform") if isinstance(cfg.get("data"), DictConfig) else None
     if isinstance(transform, DictConfig):
-        switches = ("zoom_out", "color_jitter", "grayscale_p", "invert_p")
+        switches = DrawingAugment.switches()
         DrawingAugment(**{k: transform[k] for k in switches if transform.get(k) is not None})
 
 

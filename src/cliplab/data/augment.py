@@ -7,20 +7,32 @@ off gives exactly the pixels (and the RNG stream) of the plain CLIP crop.
   random position on white (icons sit anywhere, at any size, in real pictures);
 - `color_jitter`: brightness, contrast and saturation factors drawn from [1 - s, 1 + s];
 - `grayscale_p`: probability of a grey-scale image (the line-art and glyph styles have no colour);
-- `invert_p`: probability of inverting the pixels (light drawings on dark backgrounds).
+- `invert_p`: probability of inverting the pixels (light drawings on dark backgrounds);
+- `dark_background_p`: probability of turning the white background black while the drawing keeps its
+  colours (objects photographed on black, as Fashion-MNIST's are). The background is the near-white
+  region connected to the image border, so white inside a drawing (eyes, highlights) stays white. Dark
+  line art (digits, glyphs, outlines) would vanish on black: it is inverted instead, light lines on black.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from cliplab.utils.errors import ConfigError
 
 # ITU-R BT.601 luma weights, as Pillow's convert("L") uses.
 _LUMA = (0.299, 0.587, 0.114)
+# Darkest grey level still counted as white background: the mix's JPEG shards ring a few levels around edges.
+_WHITE = 230
+# A drawing is dark line art (inverted, not put on black) when its pixels are grey (channel spread below
+# _GREY on average) and dark (mean grey level below _DARK): black strokes with their grey edges, not fills.
+_GREY = 32
+_DARK = 128
 
 
 def _uniform(low: float, high: float, generator) -> float:
@@ -37,9 +49,10 @@ class DrawingAugment:
     color_jitter: float = 0.0
     grayscale_p: float = 0.0
     invert_p: float = 0.0
+    dark_background_p: float = 0.0
 
     def __post_init__(self):
-        for name in ("zoom_out", "color_jitter", "grayscale_p", "invert_p"):
+        for name in self.switches():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ConfigError(f"train_transform.{name}={value!r} must be a number in [0, 1] (0 = off)")
@@ -50,12 +63,19 @@ class DrawingAugment:
 
     @property
     def active(self) -> bool:
-        return any((self.zoom_out, self.color_jitter, self.grayscale_p, self.invert_p))
+        return any(getattr(self, name) for name in self.switches())
+
+    @classmethod
+    def switches(cls) -> tuple[str, ...]:
+        """The config keys of `data.train_transform` that this class owns."""
+        return tuple(f.name for f in fields(cls))
 
     def __call__(self, pixels: torch.Tensor, generator=None) -> torch.Tensor:
         """uint8 [1, 3, S, S] -> uint8 [1, 3, S, S]."""
         if self.zoom_out:
             pixels = self._zoom_out(pixels, generator)
+        if self.dark_background_p and _chance(self.dark_background_p, generator):
+            pixels = _darken_background(pixels)
         if self.color_jitter or self.grayscale_p:
             x = pixels.float()
             if self.color_jitter:
@@ -87,6 +107,22 @@ class DrawingAugment:
         x = (x - mean) * contrast + mean
         grey = _grey(x)
         return (x - grey) * saturation + grey
+
+
+def _darken_background(pixels: torch.Tensor) -> torch.Tensor:
+    """Near-white pixels connected to the border (8-neighbourhood) become black; dark line art is inverted."""
+    white = (pixels[0] >= _WHITE).all(dim=0).numpy()
+    labels, _ = ndimage.label(white, structure=np.ones((3, 3), dtype=bool))
+    edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    background = torch.from_numpy(np.isin(labels, edge[edge > 0]))
+    drawing = pixels[0][:, ~background].float()  # [3, N]
+    if drawing.numel():
+        spread = (drawing.amax(dim=0) - drawing.amin(dim=0)).mean()
+        if spread < _GREY and drawing.mean() < _DARK:
+            return 255 - pixels
+    out = pixels.clone()
+    out[0][:, background] = 0
+    return out
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:

@@ -214,12 +214,17 @@ def train_transform(
     color_jitter=0.0,
     grayscale_p=0.0,
     invert_p=0.0,
+    dark_background_p=0.0,
     **kwargs,
 ) -> ClipImageTransform:
     """CLIP training augmentation: random resized crop (area `scale`), bicubic, CLIP mean/std, no flip;
     the drawing switches (`cliplab.data.augment.DrawingAugment`, all off by default) follow the crop."""
     augment = DrawingAugment(
-        zoom_out=zoom_out, color_jitter=color_jitter, grayscale_p=grayscale_p, invert_p=invert_p
+        zoom_out=zoom_out,
+        color_jitter=color_jitter,
+        grayscale_p=grayscale_p,
+        invert_p=invert_p,
+        dark_background_p=dark_background_p,
     )
     return ClipImageTransform(image_size, mean, std, train=True, scale=scale, augment=augment, **kwargs)
 
