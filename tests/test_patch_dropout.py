@@ -86,7 +86,10 @@ def test_patch_dropout_trains_alike_under_ddp_and_fsdp2(two_ranks):
     ddp, fsdp, plain = two_ranks["ddp"], two_ranks["fsdp"], two_ranks["ddp_no_dropout"]
     assert len(ddp["losses"]) == 6  # 2 epochs x 3 steps on each rank
     assert fsdp["losses"] == pytest.approx(ddp["losses"], rel=1e-4)
-    # sums of whole tensors: AdamW turns reduction-order noise in near-zero gradients into ~1e-4 moves
-    assert fsdp["image_weights"] == pytest.approx(ddp["image_weights"], rel=1e-3, abs=1e-3)
+    # Sums of whole tensors. AdamW moves every element by about lr whatever its gradient's size, so
+    # reduction-order noise in a near-zero gradient can flip one element's step: 2 lr (lr 5e-3, the
+    # OPTIM of _mp_train_script). Seen: 1.3e-3 on an AMX host. A wrong gradient moves many elements.
+    one_flipped_step = 2 * 5e-3
+    assert fsdp["image_weights"] == pytest.approx(ddp["image_weights"], rel=1e-3, abs=one_flipped_step)
     # and the option is live under the strategy: without it the same run trains differently
     assert plain["losses"][0] != pytest.approx(ddp["losses"][0], rel=1e-4)

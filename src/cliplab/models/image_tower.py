@@ -18,6 +18,7 @@ from timm.layers import AttentionPool2d, Mlp
 from timm.models._registry import model_entrypoint
 from torch import nn
 
+from cliplab.models.attention import choose_attention_kernels
 from cliplab.models.interfaces import ImageTower
 from cliplab.models.layers import QuickGELU
 from cliplab.models.locking import image_groups, lock_tower
@@ -251,6 +252,7 @@ class TimmImageTower(nn.Module, ImageTower):
         # Full checkpointing (timm's checkpoint_seq, or our chunked blocks) takes precedence.
         if self.family == "vit" and isinstance(getattr(self.trunk, "blocks", None), nn.Sequential):
             use_selective_recompute(self.trunk.blocks, selective_recompute)
+        choose_attention_kernels(self.trunk)  # timm's explicit attention where it is the faster (CPU, short)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

@@ -1,8 +1,8 @@
 """Transformer pieces shared by CLIP-style towers, with OpenAI/open_clip parameter names.
 
 Parameter names follow OpenAI's `clip/model.py` (`attn.in_proj_weight`, `mlp.c_fc`, ...) so that released
-checkpoints load without renaming; attention itself runs through `F.scaled_dot_product_attention`, which
-picks a fused kernel and gives the same result as an explicit softmax.
+checkpoints load without renaming; attention itself runs through `cliplab.models.attention.attention`, which
+picks the fused kernel or an explicit softmax, whichever is faster for the device and the sequence length.
 """
 
 from collections import OrderedDict
@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cliplab.models.attention import attention
 from cliplab.models.recompute import chunked_checkpoint, selective_checkpoint
 
 _QUICK_GELU_SCALE = 1.702
@@ -89,7 +90,7 @@ class SelfAttention(nn.Module):
         # SDPA's backward returns q/k/v gradients laid out [B, L, H, D], so autograd stacks them straight
         # into qkv's [B, L, 3, H, D] layout (one pass) instead of stacking, then copying to that layout.
         q, k, v = (t.transpose(1, 2) for t in qkv.view(batch, length, 3, self.heads, -1).unbind(2))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        out = attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
 
 
