@@ -20,7 +20,7 @@ from torch import nn
 
 from cliplab.models.attention import choose_attention_kernels
 from cliplab.models.interfaces import ImageTower
-from cliplab.models.layers import QuickGELU
+from cliplab.models.layers import PatchConv2d, QuickGELU
 from cliplab.models.locking import image_groups, lock_tower
 from cliplab.models.recompute import use_chunked_checkpointing, use_selective_recompute
 
@@ -97,6 +97,9 @@ def _build_vit(req: _Request) -> _Trunk:
         kwargs["embed_dim"] = req.width  # timm's name for the transformer width
     pool, proj = req.pool or "token", req.proj or "linear"
     trunk = _create(req, _VIT_POOL[pool], **kwargs)
+    embed = getattr(trunk, "patch_embed", None)
+    if isinstance(getattr(embed, "proj", None), nn.Conv2d):
+        embed.proj = PatchConv2d.replacing(embed.proj)  # the same weights; one matmul on the CPU
     return _Trunk(trunk, trunk.num_features, pool, proj, extra_attn_pool=False)
 
 
