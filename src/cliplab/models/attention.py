@@ -2,10 +2,10 @@
 
 On the CPU, PyTorch's fused attention kernel loses to an explicit `softmax(q k^T / sqrt(d)) v` on short
 sequences, by most in bf16, where its backward pass is slow. Forward and backward at head width 64 on 2
-cores of a Xeon with AMX (`python -m bench.bench_attention`): at 17-77 tokens explicit is 1.2-1.7x faster
-in fp32 and 5-11x in bf16; at 197 tokens the two are level in fp32 and explicit is 1.9x faster in bf16
-(1.3x at 257); at 577 the fused kernel wins in both (and it stores no L x L scores). On a GPU the fused
-kernels are the faster ones, always.
+cores of a Xeon with AMX (`python -m bench.bench_attention`): at 17-77 tokens explicit is 1.1-1.7x faster
+in fp32 and 5-11x in bf16; at 197-257 tokens the fused kernel is 1.1-1.3x faster in fp32 and explicit
+1.5-1.8x faster in bf16; at 577 the fused kernel wins in both (and it stores no L x L scores). On a GPU
+the fused kernels are used, always.
 """
 
 import torch
