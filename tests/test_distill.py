@@ -46,7 +46,9 @@ def test_two_ranks_equal_one_process(tmp_path):
     theirs = DistillClipLoss()(image.detach(), text, scale, t_image, t_text, t_scale)[1]
     torch.testing.assert_close(result["loss"], whole.detach(), rtol=1e-6, atol=0)
     torch.testing.assert_close(result["loss"], theirs, rtol=1e-6, atol=0)
-    torch.testing.assert_close(result["image_grad"] / WORLD, image.grad, rtol=1e-5, atol=1e-8)
+    # fp32 sums in another order: an element near zero keeps an error of the gradient's scale times ~1e-7
+    scale_atol = 1e-6 * image.grad.abs().max().item()
+    torch.testing.assert_close(result["image_grad"] / WORLD, image.grad, rtol=1e-5, atol=scale_atol)
 
 
 def _teacher_model_cfg() -> dict:

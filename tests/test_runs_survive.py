@@ -173,3 +173,13 @@ def test_sigterm_to_every_process_saves_exits_cleanly_and_resumes(shards, straig
     for rank, resumed in enumerate(probes(tmp_path)):
         assert resumed["steps"][0]["step"] == stopped[rank]["global_step"] + 1
         assert_same_end(resumed, straight[rank])
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(shards, straight, tmp_path):
+    # One node of a job preempted: only rank 1 gets the signal. Lightning's own end-of-batch check would
+    # stop rank 1 alone, and rank 0 would wait in the next step's collective for ever.
+    proc = launch(overrides(shards, tmp_path, "+callbacks.probe.sigterm_rank1_at_step=5"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stopped = probes(tmp_path)
+    assert stopped[0]["global_step"] == stopped[1]["global_step"] == 5
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()

@@ -1,7 +1,7 @@
 """A callback that test runs add with `+callbacks.probe._target_=rank_probe.RankProbe` (tests/helpers on
 PYTHONPATH): each rank writes what it did to `<output_dir>/probe_rank<r>.json`, and the run can be
 killed or sent SIGTERM at a chosen step (the whole process group, as a lost node or a scheduler's
-preemption would). Each step also records one draw of the global torch, numpy and Python RNGs (drawn
+preemption would), or SIGTERM sent to rank 1 alone (one node of a job preempted). Each step also records one draw of the global torch, numpy and Python RNGs (drawn
 before the step's checkpoint, which Lightning runs after the other callbacks)."""
 
 import hashlib
@@ -21,9 +21,17 @@ def _digest(tensor: torch.Tensor) -> str:
 
 
 class RankProbe(pl.Callback):
-    def __init__(self, out: str, kill_at_step: int = -1, sigterm_at_step: int = -1, nan_at_step: int = -1):
+    def __init__(
+        self,
+        out: str,
+        kill_at_step: int = -1,
+        sigterm_at_step: int = -1,
+        nan_at_step: int = -1,
+        sigterm_rank1_at_step: int = -1,
+    ):
         self.out = Path(out)
         self.kill_at_step, self.sigterm_at_step = kill_at_step, sigterm_at_step
+        self.sigterm_rank1_at_step = sigterm_rank1_at_step
         self.steps: list[dict] = []
         self.batches_per_epoch: dict[int, int] = {}
         self.val_batches: dict[int, int] = {}
@@ -40,6 +48,8 @@ class RankProbe(pl.Callback):
             os.killpg(os.getpgid(0), signal.SIGKILL)
         if step == self.sigterm_at_step and trainer.global_rank == 0:
             os.killpg(os.getpgid(0), signal.SIGTERM)
+        if step == self.sigterm_rank1_at_step and trainer.global_rank == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0):
         if not trainer.sanity_checking:

@@ -1,12 +1,17 @@
 """Preemption: SIGTERM (and SLURM's requeue signal) saves `last.ckpt` atomically and ends the run cleanly.
 
 Built on Lightning's own SIGTERM handling: the flag `trainer.received_sigterm`, and the training loop
-raising `SIGTERMException` (a `SystemExit`, exit status 0) at the next batch boundary, on every rank at
-the same step (rank 0's flag is broadcast before each batch). This callback saves the checkpoint in
-`on_exception` there, so all ranks write one consistent state with the usual collectives. Its SIGTERM
-handler replaces Lightning's, which also broadcasts from inside the signal handler: with the signal
-reaching every rank at once (a scheduler signals the whole job), those broadcasts interleave with the
-training's collectives and the ranks hang.
+raising `SIGTERMException` (a `SystemExit`, exit status 0) at the next batch boundary. This callback saves
+the checkpoint in `on_exception` there, so all ranks write one consistent state with the usual collectives.
+Its SIGTERM handler replaces Lightning's, which also broadcasts from inside the signal handler: with the
+signal reaching every rank at once (a scheduler signals the whole job), those broadcasts interleave with
+the training's collectives and the ranks hang.
+
+With several ranks, the handler only records the request; the ranks agree on it at the end of each
+training batch (one boolean reduction), and only then is Lightning's flag set, on all of them at once.
+Lightning also checks the flag on each rank alone at the end of a batch: a signal that reached one rank
+just before that check and another just after it stopped the first rank a step early, and the second
+waited in the next step's collective for ever (seen as a hung 2-process run in the test suite).
 
 With `requeue_signal` (SIGUSR1 under `cluster=slurm`) that signal stops the run the same way, then rank 0
 requeues the job (`scontrol requeue`); the requeued job resumes from the newest complete checkpoint of its
@@ -36,6 +41,7 @@ class PreemptionCheckpoint(Checkpoint):
         self.path = Path(dirpath) / f"{filename}.ckpt"
         self.requeue_signal = getattr(signal, requeue_signal) if requeue_signal else None
         self.requeue = False
+        self._stop_requested = False  # by a signal on this rank; several ranks agree on it per batch
         self._previous_handler = self._previous_sigterm = None
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -44,16 +50,29 @@ class PreemptionCheckpoint(Checkpoint):
         if self.requeue_signal is not None:
             self._previous_handler = signal.signal(self.requeue_signal, self._stop_for_requeue(trainer))
 
-    @staticmethod
-    def _stop_for_sigterm(trainer: "pl.Trainer"):
+    def _request_stop(self, trainer: "pl.Trainer") -> None:
+        """Stop at the next batch boundary: at once in one process, by agreement with several."""
+        if trainer.world_size > 1:
+            self._stop_requested = True  # no collective in a signal handler: on_train_batch_end agrees
+        else:
+            trainer._signal_connector.received_sigterm = True
+
+    def _stop_for_sigterm(self, trainer: "pl.Trainer"):
         def handler(signum, frame) -> None:
-            connector = trainer._signal_connector
             launcher = trainer.strategy.launcher
-            if not connector.received_sigterm and launcher is not None:
+            first = not (self._stop_requested or trainer._signal_connector.received_sigterm)
+            if first and launcher is not None:
                 launcher.kill(signum)  # ranks this process started get it too (as Lightning's handler does)
-            connector.received_sigterm = True  # no collective here: the loop agrees at the next batch
+            self._request_stop(trainer)
 
         return handler
+
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module, outputs, batch, batch_idx) -> None:
+        # before the loop's own, per-rank check of the flag at this batch's end: every rank sets it or none
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(
+            self._stop_requested, all=False
+        ):
+            trainer._signal_connector.received_sigterm = True
 
     def _stop_for_requeue(self, trainer: "pl.Trainer"):
         def handler(signum, frame) -> None:
@@ -62,8 +81,7 @@ class PreemptionCheckpoint(Checkpoint):
                 signal.Signals(signum).name,
             )
             self.requeue = True
-            # the flag Lightning's SIGTERM handler sets: the loop stops at the next batch boundary
-            trainer._signal_connector.received_sigterm = True
+            self._request_stop(trainer)  # the loop stops at the next batch boundary
 
         return handler
 

@@ -14,7 +14,6 @@ position, or the sampler's) Lightning saves in every checkpoint and restores mid
 """
 
 import logging
-import os
 import signal
 import warnings
 
@@ -98,12 +97,13 @@ class EpochDataLoader(StatefulDataLoader):
         return super().__iter__()
 
 
-def _quiet_termination(worker_id: int) -> None:
-    """A loader worker ends with status 0 on SIGTERM. A scheduler signals every process of a job: a worker
-    killed by the signal would make torch fail the main process at once ("worker exited unexpectedly"),
-    before it saves its preemption checkpoint; a clean exit is noticed only by a later fetch, and the
-    preempted run fetches no more."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+def _outlive_sigterm(worker_id: int) -> None:
+    """A loader worker ignores SIGTERM. A scheduler signals every process of a job, and the ranks stop at
+    the first batch end after they agree on it (cliplab.callbacks.preemption), so they may fetch another
+    batch: a worker gone by then would fail the main process ("worker exited unexpectedly") before it
+    saves its checkpoint. Workers still end with the run: the loader stops them, and torch's watchdog
+    ends a worker whose parent has died."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class CLIPDataModule(pl.LightningDataModule):
@@ -126,8 +126,14 @@ class CLIPDataModule(pl.LightningDataModule):
         fault_dir: str | None = None,
         seed: int = 0,
         trim_padding: bool = True,
+        worker_start: str = "forkserver",
     ):
         super().__init__()
+        # How loader workers start. Not "fork": forking a process that runs other threads (gloo's, the
+        # logger's, the progress bar's) can leave the child blocked for ever on a lock one of them held;
+        # seen as 2-rank runs whose worker hung in CPython's after-fork thread clean-up. "forkserver"
+        # forks from a clean single-threaded server, once per loader (workers persist).
+        self.worker_start = worker_start
         # Batches carry tokens only up to their longest caption (exact: see samples.trim_padding).
         self.trim_padding = bool(trim_padding)
         self.train_source = as_source(train, shuffle=True)
@@ -211,7 +217,8 @@ class CLIPDataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
             first_epoch=self.first_epoch if train else 0,
-            worker_init_fn=_quiet_termination if workers > 0 else None,
+            worker_init_fn=_outlive_sigterm if workers > 0 else None,
+            multiprocessing_context=self.worker_start if workers > 0 else None,
             **split,
         )
 
