@@ -1,8 +1,9 @@
 """A callback that test runs add with `+callbacks.probe._target_=rank_probe.RankProbe` (tests/helpers on
 PYTHONPATH): each rank writes what it did to `<output_dir>/probe_rank<r>.json`, and the run can be
 killed or sent SIGTERM at a chosen step (the whole process group, as a lost node or a scheduler's
-preemption would), or SIGTERM sent to rank 1 alone (one node of a job preempted). Each step also records one draw of the global torch, numpy and Python RNGs (drawn
-before the step's checkpoint, which Lightning runs after the other callbacks)."""
+preemption would), or SIGTERM sent to rank 1 alone (one node of a job preempted). Each step also records
+one draw of the global torch, numpy and Python RNGs (drawn before the step's checkpoint, which Lightning
+runs after the other callbacks)."""
 
 import hashlib
 import json

@@ -53,14 +53,11 @@ def _choose_timm_kernel(module: nn.Module, args: tuple) -> None:
     module.fused_attn = not explicit_attention_pays(args[0])
 
 
-def choose_attention_kernels(model: nn.Module) -> int:
+def choose_attention_kernels(model: nn.Module) -> None:
     """Makes each timm `Attention` in `model` pick its fused or explicit path per call, by the rule above
-    (timm's own explicit path: its `fused_attn` switch). Returns how many modules it hooked."""
+    (timm's own explicit path: its `fused_attn` switch)."""
     from timm.layers import Attention
 
-    hooked = 0
     for module in model.modules():
         if isinstance(module, Attention):
             module.register_forward_pre_hook(_choose_timm_kernel)
-            hooked += 1
-    return hooked
