@@ -1,6 +1,7 @@
 """`trainer.precision: auto` picks bf16 autocast only where the CPU multiplies bf16 natively."""
 
 import pytest
+from omegaconf import OmegaConf
 
 from cliplab.utils import host_precision
 from cliplab.utils.host_precision import auto_precision
@@ -32,3 +33,21 @@ def test_flags_are_read_from_cpuinfo(tmp_path, monkeypatch):
 
 def test_the_cpu_preset_asks_for_auto(cfg_factory):
     assert cfg_factory([]).trainer.precision == "auto"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "flags", "epochs"),
+    [
+        ([], {"amx_bf16"}, 12),  # auto picks bf16: the faster step fits more epochs in the budget
+        ([], set(), 7),  # auto picks fp32
+        (["trainer.precision=32-true"], {"amx_bf16"}, 7),  # an explicit precision wins over the host
+        (["trainer.precision=bf16-mixed"], set(), 12),
+        (["trainer.max_epochs=3"], {"amx_bf16"}, 3),
+    ],
+)
+def test_the_cpu_preset_sizes_its_run_by_precision(cfg_factory, monkeypatch, overrides, flags, epochs):
+    monkeypatch.setattr(host_precision, "cpu_flags", lambda: flags)
+    cfg = cfg_factory(overrides)
+    assert cfg.trainer.max_epochs == epochs
+    # the saved config (resolved) holds the number, not the interpolation
+    assert OmegaConf.to_container(cfg, resolve=True)["trainer"]["max_epochs"] == epochs

@@ -37,3 +37,13 @@ def auto_precision(accelerator: str, flags: set[str] | None = None) -> tuple[str
     if native:
         return "bf16-mixed", f"the CPU multiplies bf16 natively ({', '.join(native)})"
     return "32-true", "the CPU has no native bf16 (no amx_bf16 / avx512_bf16): bf16 would be emulated"
+
+
+def epochs_for_precision(half: int, full: int, trainer) -> int:
+    """`half` where the run multiplies in bf16 or fp16, `full` where in fp32: a run length that fits one
+    time budget on hosts whose speeds differ by the precision `auto` picks (`trainer` is the trainer
+    config; `auto` is read the way the run will resolve it)."""
+    precision = str(trainer.get("precision", "32-true"))
+    if precision == "auto":
+        precision = auto_precision(str(trainer.get("accelerator", "auto")))[0]
+    return half if "16" in precision else full
