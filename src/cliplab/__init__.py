@@ -11,11 +11,11 @@ __version__ = "0.1.0"
 OmegaConf.register_new_resolver("cliplab.cwd", os.getcwd, replace=True)
 
 
-def _epochs_for_precision(half: int, full: int, *, _root_) -> int:
+def _epochs_for_precision(half_precision_epochs: int, fp32_epochs: int, *, _root_) -> int:
     # imported on first use: `import cliplab` stays free of torch
     from cliplab.utils.host_precision import epochs_for_precision
 
-    return epochs_for_precision(half, full, _root_.get("trainer") or {})
+    return epochs_for_precision(half_precision_epochs, fp32_epochs, _root_.get("trainer") or {})
 
 
 # `${cliplab.by_precision:12,7}`: 12 where the run trains in bf16 (or fp16), 7 where in fp32.

@@ -135,10 +135,6 @@ class CLIPDataModule(pl.LightningDataModule):
         # seen as 2-rank runs whose worker hung in CPython's after-fork thread clean-up. "forkserver"
         # forks from a clean single-threaded server, once per loader (workers persist).
         self.worker_start = worker_start
-        if worker_start == "forkserver":
-            # The server imports torch and this package once, so a worker starts as a fork of it
-            # instead of importing them itself (seconds of CPU each). A no-op once the server runs.
-            multiprocessing.set_forkserver_preload([__name__])
         # Batches carry tokens only up to their longest caption (exact: see samples.trim_padding).
         self.trim_padding = bool(trim_padding)
         self.train_source = as_source(train, shuffle=True)
@@ -214,6 +210,10 @@ class CLIPDataModule(pl.LightningDataModule):
             split["sampler"] = EpochIndexSampler(sampler)
         elif not isinstance(dataset, IterableDataset):
             split = {"batch_sampler": EvenSplitBatches(len(dataset), self.rank, self.world_size, batch_size)}
+        if workers > 0 and self.worker_start == "forkserver":
+            # The server imports torch and this package once, so a worker starts as a fork of it
+            # instead of importing them itself (seconds of CPU each). A no-op once the server runs.
+            multiprocessing.set_forkserver_preload([__name__])
         return EpochDataLoader(
             dataset,
             num_workers=workers,
