@@ -125,7 +125,7 @@ def test_every_shipped_entry_builds_an_evaluator(tmp_path):
     assert [e.name for e in entries] == list(cfg.evals)
     assert all(isinstance(e.evaluator, Evaluator) for e in entries)
     assert {e.prefix for e in entries if e.name.startswith("emoji")} == {
-        "zeroshot/emoji", "zeroshot/emoji_group", "zeroshot/emoji_novel",
+        "zeroshot/emoji", "zeroshot/emoji_group", "zeroshot/emoji_group_subgroups", "zeroshot/emoji_novel",
         "zeroshot/emoji_novel_seen_styles", "zeroshot/emoji_novel_heldout_style"}  # fmt: skip
 
 
@@ -155,6 +155,27 @@ def test_schedule():
     assert [s.due_at_epoch(e) for e in range(4)] == [False, True, False, True]
     assert [s.due_at_step(t) for t in (0, 5, 6, 10)] == [False, True, False, True]
     assert not Schedule().due_at_epoch(0) and not Schedule().due_at_step(5)
+
+
+def test_emoji_groups_described_by_their_unicode_subgroups(emoji_ready):
+    from cliplab.eval.benchmarks import BenchmarkError, EmojiBenchmark
+
+    plain = EmojiBenchmark(split="group", root=emoji_ready)
+    described = EmojiBenchmark(split="group", class_prompts="subgroups", root=emoji_ready)
+    assert described.classnames == plain.classnames and len(plain.classnames) == 9
+    assert described.samples == plain.samples
+    prompts, templates = described.templates, plain.templates
+    assert list(prompts) == plain.classnames
+    nature = prompts["animals & nature"]
+    # the group's own name first, then each subgroup once, every template filled with each
+    assert nature[: len(templates)] == [t.format("animals & nature") for t in templates]
+    assert [t.format("animal mammal") for t in templates] == [p for p in nature if "animal mammal" in p]
+    assert len(nature) == len(templates) * 9  # the name and Unicode's 8 subgroups of the group
+    assert not any("flag" in p for p in prompts["food & drink"])
+    with pytest.raises(BenchmarkError, match="class_prompts must be one of"):
+        EmojiBenchmark(split="group", class_prompts="keywords", root=emoji_ready)
+    with pytest.raises(BenchmarkError, match="needs split=group"):
+        EmojiBenchmark(split="style", class_prompts="subgroups", root=emoji_ready)
 
 
 def test_emoji_novel_concepts_split_by_style_for_effective_robustness(emoji_ready):

@@ -50,6 +50,37 @@ def test_classifier_equals_open_clip(setup):
     assert torch.allclose(got.norm(dim=0), torch.ones(len(CLASSES)), atol=1e-6)
 
 
+def test_class_specific_prompts_equal_clip_benchmark(setup):
+    """Each class its own prompts, of different numbers (CLIP_benchmark's dict templates, as for CuPL)."""
+    oc, ours, tokenizer = setup
+    cb = pytest.importorskip("clip_benchmark.metrics.zeroshot_classification")
+    own = {
+        name: [t.format(name) for t in TEMPLATES[: 1 + i % len(TEMPLATES)]] for i, name in enumerate(CLASSES)
+    }
+    own["bag"] = ["a bag.", "a handbag.", "a purse on a table.", "a backpack.", "a suitcase.", "a sack."]
+    expected = cb.zero_shot_classifier(oc, tokenizer, CLASSES, own, "cpu", amp=False)
+    got = build_zeroshot_classifier(ours, tokenizer, CLASSES, own, batch_size=7)
+    assert got.shape == (32, len(CLASSES))
+    assert (got - expected).abs().max() <= 1e-5
+    # not the shared-template classifier: the prompts changed the weights
+    assert (got - build_zeroshot_classifier(ours, tokenizer, CLASSES, TEMPLATES)).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="none for 1 classes, e.g. 'coat'"):
+        build_zeroshot_classifier(ours, tokenizer, CLASSES, {k: v for k, v in own.items() if k != "coat"})
+
+
+def test_the_cache_tells_class_specific_prompts_apart(setup):
+    _, ours, tokenizer = setup
+    ours.requires_grad_(False)  # frozen: cached
+    try:
+        cache = ClassifierCache()
+        first = cache.get(ours, tokenizer, CLASSES[:3], {n: [f"a {n}."] for n in CLASSES[:3]})
+        other = cache.get(ours, tokenizer, CLASSES[:3], {n: [f"the {n}!"] for n in CLASSES[:3]})
+        assert (first - other).abs().max() > 1e-3
+        assert cache.get(ours, tokenizer, CLASSES[:3], {n: [f"the {n}!"] for n in CLASSES[:3]}) is other
+    finally:
+        ours.requires_grad_(True)
+
+
 def test_trim_only_for_causal_towers(setup):
     _, ours, tokenizer = setup
     tokens = tokenizer(fill_templates(CLASSES, TEMPLATES))

@@ -261,12 +261,27 @@ class FashionMNISTBenchmark(ZeroShotBenchmark):
 
 class EmojiBenchmark(ZeroShotBenchmark):
     """A zero-shot split of the default emoji data set (`style`: the held-out artist; `novel`; `group`),
-    optionally only the images drawn in `styles` (e.g. the novel concepts in the training styles)."""
+    optionally only the images drawn in `styles` (e.g. the novel concepts in the training styles).
+
+    `class_prompts="subgroups"` (the `group` split only) gives each group its own prompts: every template
+    filled with the group's name and with each of its Unicode subgroups ("animal-mammal" read "animal
+    mammal"), averaged into one class embedding, where a bare name such as "objects" says little.
+    """
+
+    CLASS_PROMPTS = (None, "subgroups")
 
     def __init__(self, name: str = "emoji", split: str = "style", image_size: int = 64, templates=None,
                  limit: int | None = None, dataset_options: dict | None = None,
-                 root: str | Path | None = None, styles=None):  # fmt: skip
+                 root: str | Path | None = None, styles=None, class_prompts: str | None = None):  # fmt: skip
         super().__init__(name, templates, limit)
+        if class_prompts not in self.CLASS_PROMPTS:
+            raise BenchmarkError(f"benchmark {name!r}: class_prompts must be one of {self.CLASS_PROMPTS}, "
+                                 f"got {class_prompts!r}")  # fmt: skip
+        if class_prompts == "subgroups" and split != "group":
+            raise BenchmarkError(
+                f"benchmark {name!r}: class_prompts=subgroups needs split=group, got {split!r}"
+            )
+        self.class_prompts = class_prompts
         self.split, self.image_size = split, image_size
         self.styles = None if styles is None else [str(s) for s in styles]
         self.dataset_options = dict(dataset_options or {})
@@ -282,8 +297,29 @@ class EmojiBenchmark(ZeroShotBenchmark):
         return Path(self._root)
 
     @cached_property
-    def templates(self) -> list[str]:
-        return _as_list(self._templates) or read_lines(self.root / "templates.txt")
+    def templates(self) -> list[str] | dict[str, list[str]]:
+        templates = _as_list(self._templates) or read_lines(self.root / "templates.txt")
+        if self.class_prompts is None:
+            return templates
+        descriptions = self._subgroup_descriptions()
+        return {
+            name: [t.format(d) for d in descriptions[name] for t in templates] for name in self.classnames
+        }
+
+    def _subgroup_descriptions(self) -> dict[str, list[str]]:
+        """Each group's name, then its subgroups' names, from the build's table of the held-out artist's
+        images (every concept, so every subgroup)."""
+        table = self.root / "val.csv"
+        if not table.is_file():
+            raise BenchmarkError(f"emoji build has no {table.name} (rebuild: python -m cliplab.data.prepare)")
+        descriptions = {name: [name] for name in self.classnames}
+        with table.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                own = descriptions.get(row["group"].lower())
+                subgroup = row["subgroup"].replace("-", " ")
+                if own is not None and subgroup not in own:
+                    own.append(subgroup)
+        return descriptions
 
     def _load(self):
         table = self.root / f"zeroshot_{self.split}.csv"

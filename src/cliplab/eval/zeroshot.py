@@ -1,10 +1,12 @@
 """Zero-shot classification: a classifier built from class names x prompt templates, and its accuracy.
 
-The classifier for class c is the mean of the L2-normalised text embeddings of every template filled with
-c's name, re-normalised: a matrix `[E, C]` that image features multiply.
+The classifier for class c is the mean of the L2-normalised text embeddings of c's prompts, re-normalised: a
+matrix `[E, C]` that image features multiply. c's prompts are every template filled with c's name or, where
+the templates are a mapping, the prompts the mapping gives c itself (CLIP_benchmark's class-specific prompts,
+as CuPL's descriptions are used).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,16 +14,31 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassStatScores
 
 Template = str | Callable[[str], str]
+# Templates shared by every class, or each class's own prompts (class name -> finished prompts).
+Templates = Sequence[Template] | Mapping[str, Sequence[str]]
 
 
-def fill_templates(classnames: Sequence[str], templates: Sequence[Template]) -> list[str]:
-    """All prompts, class-major: the prompts of class 0 with every template, then class 1, ..."""
+def class_prompts(classnames: Sequence[str], templates: Templates) -> list[list[str]]:
+    """Each class's prompts, in class order: every template filled with the class name, or with a mapping,
+    the prompts it holds for that class."""
     if not classnames:
         raise ValueError("zero-shot classifier needs at least one class name")
+    if isinstance(templates, Mapping):
+        missing = [name for name in classnames if not templates.get(name)]
+        if missing:
+            raise ValueError(
+                f"class-specific prompts have none for {len(missing)} classes, e.g. {missing[0]!r}"
+            )
+        return [[str(p) for p in templates[name]] for name in classnames]
     if not templates:
         raise ValueError("zero-shot classifier needs at least one prompt template")
     fill = [t.format if isinstance(t, str) else t for t in templates]
-    return [f(name) for name in classnames for f in fill]
+    return [[f(name) for f in fill] for name in classnames]
+
+
+def fill_templates(classnames: Sequence[str], templates: Templates) -> list[str]:
+    """All prompts, class-major: the prompts of class 0, then class 1, ..."""
+    return [prompt for prompts in class_prompts(classnames, templates) for prompt in prompts]
 
 
 def _text_tower(model: nn.Module) -> nn.Module:
@@ -77,7 +94,7 @@ def build_zeroshot_classifier(
     model: nn.Module,
     tokenizer: Callable[[list[str]], torch.Tensor],
     classnames: Sequence[str],
-    templates: Sequence[Template],
+    templates: Templates,
     batch_size: int = 1024,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
@@ -86,12 +103,19 @@ def build_zeroshot_classifier(
     `model` has `encode_text(tokens)`; its text tower (`model.text`) may declare `causal = True` to allow the
     exact padding trim. Prompts of all classes are encoded together in `batch_size` chunks.
     """
-    prompts = fill_templates(classnames, templates)
-    tokens = tokenizer(prompts)
+    prompts = class_prompts(classnames, templates)
+    tokens = tokenizer([prompt for own in prompts for prompt in own])
     pad_id = getattr(tokenizer, "pad_token_id", 0)
     features = encode_prompts(model, tokens, batch_size, 0 if pad_id is None else pad_id, device)
-    per_class = features.view(len(classnames), len(templates), -1).mean(dim=1)
+    per_class = torch.stack([own.mean(dim=0) for own in features.split([len(p) for p in prompts])])
     return F.normalize(per_class, dim=-1).T.contiguous()
+
+
+def templates_key(templates: Templates) -> tuple:
+    """A hashable stand-in for `templates` (callables by identity)."""
+    if isinstance(templates, Mapping):
+        return tuple((name, tuple(prompts)) for name, prompts in templates.items())
+    return tuple(t if isinstance(t, str) else id(t) for t in templates)
 
 
 class ClassifierCache:
@@ -111,7 +135,7 @@ class ClassifierCache:
         if not params or any(p.requires_grad for p in params):
             return None
         state = tuple((id(p), p._version, p.device, p.dtype) for p in params)
-        prompts = (tuple(classnames), tuple(t if isinstance(t, str) else id(t) for t in templates))
+        prompts = (tuple(classnames), templates_key(templates))
         return (id(model), state, prompts, str(device))
 
     def get(self, model, tokenizer, classnames, templates, batch_size=1024, device=None) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """Zero-shot classification of a benchmark (class names x prompt templates) as an `evals` entry."""
 
+from collections.abc import Mapping
+
 from cliplab.eval.benchmarks import ZeroShotBenchmark
 from cliplab.eval.evaluator import EvalContext
 from cliplab.eval.pictures.data import PerClassAccuracy
@@ -8,6 +10,13 @@ from cliplab.eval.run import evaluate_zeroshot
 from cliplab.eval.zeroshot import ClassifierCache
 
 LOGGED = ("top1", "top5", "mean_recall")
+
+
+def _describe(templates) -> list[str] | dict[str, list[str]]:
+    """The prompt templates as saved in the provenance (each class's own prompts where there are such)."""
+    if isinstance(templates, Mapping):
+        return {name: list(prompts) for name, prompts in templates.items()}
+    return [t if isinstance(t, str) else repr(t) for t in templates]
 
 
 class ZeroShotClassification:
@@ -71,7 +80,7 @@ class ZeroShotClassification:
             "data_version": digest(items),
             "classes": len(bench.classnames),
             "classnames_sha": digest(bench.classnames),
-            "templates": [t if isinstance(t, str) else repr(t) for t in bench.templates],
+            "templates": _describe(bench.templates),
             "preprocessing": transform_description(self._transform) if self._transform else None,
             **self._counts,
         }
