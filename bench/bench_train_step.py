@@ -164,14 +164,21 @@ def peak_rss() -> int | None:
 class StepClock:
     """Marks the start of the timed steps and the end of the last; records the first-step loss."""
 
-    def __init__(self, warmup: int, total: int, device: str, profile: bool = False):
+    def __init__(self, warmup: int, total: int, device: str, profile: bool | str = False):
         self.warmup, self.total = warmup, total
         self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         self.first_loss = None
         self.t_begin = self.t_timed = self.t_end = None
         self.rss_base = None
-        # bench.profile_step: the timed steps run under torch.profiler (slower; a breakdown, not a timing)
-        self.profiler = torch.profiler.profile(with_flops=True) if profile else None
+        # bench.profile_step: the timed steps run under torch.profiler (slower; a breakdown, not a timing),
+        # or with profile="ops" under bench.op_timer's per-op clock (CPU only, close to the unprofiled step)
+        self.profiler = None
+        if profile == "ops":
+            from bench.op_timer import OpTimer
+
+            self.profiler = OpTimer()
+        elif profile:
+            self.profiler = torch.profiler.profile(with_flops=True)
 
     def begin(self) -> None:
         self.t_begin = time.perf_counter()

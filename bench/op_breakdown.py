@@ -1,4 +1,5 @@
-"""Self CPU time of a profiled training step by op category (bench.profile_step's numbers).
+"""Self CPU time of a profiled (or op-timed: bench.op_timer) training step by op category (bench.profile_step's
+numbers).
 
 Categories go by op name, except that work under an `Optimizer.step` range is the optimizer's (whatever ops
 its implementation uses), unless it is nested in a `MODEL_RANGE`: Lightning runs the forward and backward
@@ -51,18 +52,33 @@ def in_model_range(fn):
     return ranged
 
 
-def op_breakdown(profiler, steps: int, top: int = 8) -> dict:
-    """Self CPU milliseconds per step by category, the FLOP/s the matmuls reached inside the step, and the
-    costliest ops outside matmuls."""
-    ms, by_op, matmul_flops = {}, {}, 0
+def _profiled_ops(profiler):
+    """(category, self seconds, FLOPs) of every op a torch.profiler recorded."""
     for event in profiler.events():
-        category = _event_category(event)
-        self_ms = event.self_cpu_time_total / 1e3 / steps
+        yield event.name, _event_category(event), event.self_cpu_time_total / 1e6, event.flops or 0
+
+
+def _timed_ops(timer):
+    """The same from a `bench.op_timer.OpTimer` (no ranges: a fused or foreach optimizer's ops are its own)."""
+    for name, seconds in timer.seconds.items():
+        category = "optimizer" if name.startswith("aten::_foreach_") else op_category(name)
+        yield name, category, seconds, timer.flops.get(name, 0)
+
+
+def op_breakdown(recorder, steps: int, top: int = 8) -> dict:
+    """Self CPU milliseconds per step by category, the FLOP/s the matmuls reached inside the step, and the
+    costliest ops outside matmuls; `recorder`: a torch.profiler or a `bench.op_timer.OpTimer`."""
+    from bench.op_timer import OpTimer
+
+    ops = _timed_ops(recorder) if isinstance(recorder, OpTimer) else _profiled_ops(recorder)
+    ms, by_op, matmul_flops = {}, {}, 0
+    for name, category, seconds, flops in ops:
+        self_ms = seconds * 1e3 / steps
         ms[category] = ms.get(category, 0.0) + self_ms
         if category == "matmul":
-            matmul_flops += (event.flops or 0) / steps
+            matmul_flops += flops / steps
         elif category == "other ops":
-            by_op[event.name] = by_op.get(event.name, 0.0) + self_ms
+            by_op[name] = by_op.get(name, 0.0) + self_ms
     matmul_s = ms.get("matmul", 0.0) / 1e3
     return {
         "ms_per_step": ms,

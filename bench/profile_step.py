@@ -1,11 +1,13 @@
-"""Where a training step's time goes, side by side: torch.profiler over the benchmark's own step loops.
+"""Where a training step's time goes, side by side: a per-op clock (bench.op_timer) or torch.profiler over
+the benchmark's own step loops.
 
 Same set-up as `bench_train_step` (same weights, batches, Trainer path for cliplab); the timed steps run
-under the profiler, so this is a breakdown, not a timing. Self CPU time per step by op category, the
+under the clock or the profiler, so this is a breakdown, not a timing. Self CPU time per step by op category, the
 FLOP/s the matmuls reach inside the step, and the MFU ceiling that leaves: model FLOPs over the matmul
 time alone, against the matmul peak measured here (what MFU would read if nothing but matmuls took time).
 
     python -m bench.profile_step                                    # tiny b128 fp32, both sides
+    python -m bench.profile_step --precision bf16 --timer profiler  # torch.profiler's self times instead
     python -m bench.profile_step --model vit_b32 --batch 32 --precision bf16 --warmup 2 --steps 2
 """
 
@@ -29,6 +31,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--sides", default="cliplab,open_clip")
+    parser.add_argument(
+        "--timer",
+        default="ops",
+        choices=["ops", "profiler"],
+        help="ops: a clock around each aten op (bench.op_timer; its times add up to about the unprofiled "
+        "step); profiler: torch.profiler (self CPU time; on some hosts it slows some ops several-fold)",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -51,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
                 seed=0,
                 state_path=state,
                 side=side,
-                profile=True,
+                profile="ops" if args.timer == "ops" else True,
             )
             results[side] = run_process("bench.bench_train_step", spec)
     peak = max(peak, matmul_peak(dtype))
@@ -66,7 +75,7 @@ def report(side: str, out: dict, flops: float, peak: float) -> None:
     step_ms = out["step_s"] * 1e3
     ms = dict(sorted(prof["ms_per_step"].items(), key=lambda kv: -kv[1]))
     ms["not in any op (Python)"] = max(step_ms - sum(ms.values()), 0.0)
-    print(f"## {side}: {step_ms:.0f} ms per profiled step")
+    print(f"## {side}: {step_ms:.0f} ms per timed step")
     print("| category | ms / step | share |\n|---|---|---|")
     for category, value in ms.items():
         print(f"| {category} | {value:.1f} | {100 * value / step_ms:.0f} % |")

@@ -222,6 +222,30 @@ def test_profile_breakdown_counts_matmul_flops_per_step():
     assert out["matmul_flops_per_s"] > 0
 
 
+def test_op_timer_breakdown_counts_what_the_profiler_counts():
+    from bench.op_breakdown import op_breakdown
+    from bench.op_timer import OpTimer
+
+    a, b, bias = torch.randn(64, 32, requires_grad=True), torch.randn(32, 16), torch.randn(16)
+    weight = torch.zeros(3, requires_grad=True)
+    weight.grad = torch.ones(3)
+    optimizer = torch.optim.AdamW([weight], fused=True)
+    timer = OpTimer()
+    timer.start()
+    for _ in range(2):
+        torch.addmm(bias, a, b).relu().sum().backward()  # forward, and the input's gradient: two matmuls
+    optimizer.step()
+    timer.stop()
+    assert timer.calls["aten::addmm"] == 2 and timer.calls["aten::mm"] == 2
+    out = op_breakdown(timer, steps=2)
+    assert out["matmul_flops_per_step"] == 2 * (2 * 64 * 32 * 16)
+    assert set(out["ms_per_step"]) == {"matmul", "other ops", "optimizer"}
+    assert "aten::relu" in out["top_other_ops_ms"] and "aten::threshold_backward" in out["top_other_ops_ms"]
+    assert out["matmul_flops_per_s"] > 0
+    torch.randn(4) @ torch.randn(4)  # stopped: nothing more is recorded
+    assert "aten::dot" not in timer.calls
+
+
 def test_loss_rows_workers_give_what_the_harness_reads(tmp_path):
     from bench import bench_loss
 
