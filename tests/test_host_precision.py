@@ -36,18 +36,20 @@ def test_the_cpu_preset_asks_for_auto(cfg_factory):
 
 
 @pytest.mark.parametrize(
-    ("overrides", "flags", "epochs"),
+    ("overrides", "flags", "epochs", "batch"),
     [
-        ([], {"amx_bf16"}, 12),  # auto picks bf16: the faster step fits more epochs in the budget
-        ([], set(), 7),  # auto picks fp32
-        (["trainer.precision=32-true"], {"amx_bf16"}, 7),  # an explicit precision wins over the host
-        (["trainer.precision=bf16-mixed"], set(), 12),
-        (["trainer.max_epochs=3"], {"amx_bf16"}, 3),
+        ([], {"amx_bf16"}, 14, 256),  # auto picks bf16: the faster step fits more epochs, at a larger batch
+        ([], set(), 7, 128),  # auto picks fp32
+        (["trainer.precision=32-true"], {"amx_bf16"}, 7, 128),  # an explicit precision wins over the host
+        (["trainer.precision=bf16-mixed"], set(), 14, 256),
+        (["trainer.max_epochs=3", "data.batch_size=64"], {"amx_bf16"}, 3, 64),
+        (["data=emoji"], {"amx_bf16"}, 14, 128),  # the emoji set keeps its own batch
     ],
 )
-def test_the_cpu_preset_sizes_its_run_by_precision(cfg_factory, monkeypatch, overrides, flags, epochs):
+def test_the_cpu_preset_sizes_its_run_by_precision(cfg_factory, monkeypatch, overrides, flags, epochs, batch):
     monkeypatch.setattr(host_precision, "cpu_flags", lambda: flags)
     cfg = cfg_factory(overrides)
-    assert cfg.trainer.max_epochs == epochs
-    # the saved config (resolved) holds the number, not the interpolation
-    assert OmegaConf.to_container(cfg, resolve=True)["trainer"]["max_epochs"] == epochs
+    assert (cfg.trainer.max_epochs, cfg.data.batch_size) == (epochs, batch)
+    # the saved config (resolved) holds the numbers, not the interpolations
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert (resolved["trainer"]["max_epochs"], resolved["data"]["batch_size"]) == (epochs, batch)

@@ -11,12 +11,13 @@ __version__ = "0.1.0"
 OmegaConf.register_new_resolver("cliplab.cwd", os.getcwd, replace=True)
 
 
-def _epochs_for_precision(half_precision_epochs: int, fp32_epochs: int, *, _root_) -> int:
+def _by_precision(half_precision_value, fp32_value, *, _root_):
     # imported on first use: `import cliplab` stays free of torch
-    from cliplab.utils.host_precision import epochs_for_precision
+    from cliplab.utils.host_precision import value_for_precision
 
-    return epochs_for_precision(half_precision_epochs, fp32_epochs, _root_.get("trainer") or {})
+    return value_for_precision(half_precision_value, fp32_value, _root_.get("trainer") or {})
 
 
-# `${cliplab.by_precision:12,7}`: 12 where the run trains in bf16 (or fp16), 7 where in fp32.
-OmegaConf.register_new_resolver("cliplab.by_precision", _epochs_for_precision, replace=True)
+# `${cliplab.by_precision:14,7}`: 14 where the run trains in bf16 (or fp16), 7 where in fp32 (the default
+# run's epochs and batch: conf/trainer/cpu.yaml, conf/data/mix.yaml).
+OmegaConf.register_new_resolver("cliplab.by_precision", _by_precision, replace=True)

@@ -39,11 +39,12 @@ def auto_precision(accelerator: str, flags: set[str] | None = None) -> tuple[str
     return "32-true", "the CPU has no native bf16 (no amx_bf16 / avx512_bf16): bf16 would be emulated"
 
 
-def epochs_for_precision(half_precision_epochs: int, fp32_epochs: int, trainer) -> int:
-    """The run length for one time budget on hosts whose speeds differ by the precision `auto` picks:
-    `half_precision_epochs` where the run multiplies in bf16 or fp16, `fp32_epochs` where in fp32
-    (`trainer` is the trainer config; `auto` is read the way the run will resolve it)."""
+def value_for_precision(half_precision_value, fp32_value, trainer):
+    """A recipe setting (the run's length, its batch) for one time budget on hosts whose speeds differ by
+    the precision `auto` picks: `half_precision_value` where the run multiplies in bf16 or fp16,
+    `fp32_value` where in fp32 (`trainer` is the trainer config; `auto` is read the way the run will
+    resolve it)."""
     precision = str(trainer.get("precision", "32-true"))
     if precision == "auto":
         precision = auto_precision(str(trainer.get("accelerator", "auto")))[0]
-    return half_precision_epochs if "16" in precision else fp32_epochs
+    return half_precision_value if "16" in precision else fp32_value
