@@ -280,3 +280,12 @@ def test_learning_parity_sides_train_step_for_step_alike(tmp_path):
     gap, _ = learning.loss_gap(ours["losses"], theirs["losses"], every=1)
     assert gap < 1e-5
     assert learning.noise(0.0, 100) > 0 and learning.noise(0.5, 100) == pytest.approx(2 * (0.5 / 100) ** 0.5)
+
+
+def test_learning_parity_takes_the_fp32_recipe_on_any_host(monkeypatch):
+    from bench import bench_learning as learning
+    from cliplab.utils import host_precision
+
+    monkeypatch.setattr(host_precision, "cpu_flags", lambda: {"amx_bf16"})  # a host where auto picks bf16
+    cfg = learning.train_config(0)
+    assert (cfg.data.batch_size, cfg.trainer.max_epochs, cfg.trainer.precision) == (128, 7, "32-true")
