@@ -223,6 +223,11 @@ class StepClock:
 
 
 # ---------------------------------------------------------------------------------------------- sides
+# bf16-true (profile_step only): weights, activations and optimizer state all in bf16, no autocast casts; the
+# ceiling of keeping the residual stream in bf16, not a recipe (AdamW on bf16 weights loses small updates).
+LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "bf16-true": "bf16-true"}
+
+
 def run_cliplab(spec: dict, model_cfg: dict, batches: list[tuple]) -> dict:
     import pytorch_lightning as pl
 
@@ -256,8 +261,9 @@ def run_cliplab(spec: dict, model_cfg: dict, batches: list[tuple]) -> dict:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             clock.after_step(batch_idx, outputs["loss"])
 
-    precision = "bf16-mixed" if spec["precision"] == "bf16" else "32-true"
-    trainer = bench_trainer(spec["device"], precision, max_steps=clock.total, callbacks=[Clock()])
+    trainer = bench_trainer(
+        spec["device"], LIGHTNING_PRECISION[spec["precision"]], max_steps=clock.total, callbacks=[Clock()]
+    )
     loader = torch.utils.data.DataLoader(InMemoryBatches(batches, clock.total), batch_size=None)
     clock.begin()
     trainer.fit(module, train_dataloaders=loader)
@@ -307,6 +313,9 @@ def run_open_clip(spec: dict, model_cfg: dict, batches: list[tuple]) -> dict:
 
     device = torch.device(spec["device"])
     model = openclip_reference_model(spec["state_path"], model_cfg).to(device)
+    if spec["precision"] == "bf16-true":  # what Lightning's bf16-true does on the cliplab side
+        model = model.to(torch.bfloat16)
+        batches = [(images.to(torch.bfloat16), tokens) for images, tokens in batches]
     if model_cfg["image_tower"].get("grad_checkpointing"):
         model.set_grad_checkpointing(True)
     if spec.get("compile"):

@@ -65,9 +65,25 @@ def _timed_ops(timer):
         yield name, category, seconds, timer.flops.get(name, 0)
 
 
+def _matmul_shapes(timer, steps: int, top: int) -> list[dict]:
+    """The costliest matmul shapes an OpTimer saw: form, ms and calls per step, FLOP/s inside the step."""
+    costliest = sorted(timer.matmul_seconds.items(), key=lambda kv: -kv[1])[:top]
+    return [
+        {
+            "shape": shape._asdict(),
+            "label": shape.label(),
+            "ms_per_step": seconds * 1e3 / steps,
+            "calls_per_step": timer.matmul_calls[shape] / steps,
+            "flops_per_s": shape.flops() * timer.matmul_calls[shape] / seconds,
+        }
+        for shape, seconds in costliest
+    ]
+
+
 def op_breakdown(recorder, steps: int, top: int = 8) -> dict:
     """Self CPU milliseconds per step by category, the FLOP/s the matmuls reached inside the step, and the
-    costliest ops outside matmuls; `recorder`: a torch.profiler or a `bench.op_timer.OpTimer`."""
+    costliest ops outside matmuls; `recorder`: a torch.profiler or a `bench.op_timer.OpTimer` (which also
+    gives the costliest matmul shapes)."""
     from bench.op_timer import OpTimer
 
     ops = _timed_ops(recorder) if isinstance(recorder, OpTimer) else _profiled_ops(recorder)
@@ -85,4 +101,5 @@ def op_breakdown(recorder, steps: int, top: int = 8) -> dict:
         "top_other_ops_ms": dict(sorted(by_op.items(), key=lambda kv: -kv[1])[:top]),
         "matmul_flops_per_step": matmul_flops,
         "matmul_flops_per_s": matmul_flops / matmul_s if matmul_s else None,
+        "matmul_shapes": _matmul_shapes(recorder, steps, top) if isinstance(recorder, OpTimer) else None,
     }

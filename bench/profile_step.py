@@ -9,6 +9,10 @@ time alone, against the matmul peak measured here (what MFU would read if nothin
     python -m bench.profile_step                                    # tiny b128 fp32, both sides
     python -m bench.profile_step --precision bf16 --timer profiler  # torch.profiler's self times instead
     python -m bench.profile_step --model vit_b32 --batch 32 --precision bf16 --warmup 2 --steps 2
+    python -m bench.profile_step --precision bf16-true --sides cliplab   # no autocast: every tensor in bf16
+
+With the per-op clock it also lists the costliest matmul shapes, each timed again alone with its operands in
+cache and evicted (bench.matmul_shapes): how far the step's matmuls fall short of what the same calls reach.
 """
 
 import argparse
@@ -26,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "bf16-true"])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -38,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         help="ops: a clock around each aten op (bench.op_timer; its times add up to about the unprofiled "
         "step); profiler: torch.profiler (self CPU time; on some hosts it slows some ops several-fold)",
     )
+    parser.add_argument("--shapes", type=int, default=8, help="matmul shapes to list and time alone (ops)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -68,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"matmul peak here {peak / 1e9:.1f} GFLOP/s, {args.threads} threads\n")
     for side, out in results.items():
         report(side, out, flops, peak)
+        if out["profile"].get("matmul_shapes") and args.shapes:
+            report_shapes(out["profile"]["matmul_shapes"][: args.shapes], peak)
 
 
 def report(side: str, out: dict, flops: float, peak: float) -> None:
@@ -91,6 +98,23 @@ def report(side: str, out: dict, flops: float, peak: float) -> None:
         + ", ".join(f"{k} {v:.1f}" for k, v in prof["top_other_ops_ms"].items())
     )
     print()
+
+
+def report_shapes(shapes: list[dict], peak: float) -> None:
+    from bench.matmul_shapes import time_alone
+    from bench.op_timer import MatmulShape
+
+    print(
+        "| matmul (costliest in the step) | calls / step | ms / step | GFLOP/s in step | alone, warm | alone, cold |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for row in shapes:
+        alone = time_alone(MatmulShape(**row["shape"]))
+        print(
+            f"| {row['label']} | {row['calls_per_step']:.0f} | {row['ms_per_step']:.1f} "
+            f"| {row['flops_per_s'] / 1e9:.0f} | {alone['warm'] / 1e9:.0f} | {alone['cold'] / 1e9:.0f} |"
+        )
+    print(f"(matmul peak here: {peak / 1e9:.0f} GFLOP/s)\n")
 
 
 if __name__ == "__main__":

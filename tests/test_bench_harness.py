@@ -246,6 +246,36 @@ def test_op_timer_breakdown_counts_what_the_profiler_counts():
     assert "aten::dot" not in timer.calls
 
 
+def test_op_timer_keeps_each_matmul_shape_and_layout_and_times_it_again_alone():
+    from bench.matmul_shapes import operands, time_alone
+    from bench.op_breakdown import op_breakdown
+    from bench.op_timer import MatmulShape, OpTimer
+
+    x, weight, bias = torch.randn(64, 32), torch.randn(16, 32), torch.randn(16)
+    queries, keys = torch.randn(2, 8, 4), torch.randn(2, 8, 4)
+    with OpTimer() as timer:
+        torch.nn.functional.linear(x, weight, bias)  # addmm(bias, x, weight.T): a transposed view
+        torch.bmm(queries, keys.transpose(1, 2))
+    linear = MatmulShape("aten::addmm", (64, 32), (32, 16), False, True, "float32", True)
+    scores = MatmulShape("aten::bmm", (2, 8, 4), (2, 4, 8), False, True, "float32", False)
+    assert dict(timer.matmul_calls) == {linear: 1, scores: 1}
+    assert (linear.flops(), scores.flops()) == (2 * 64 * 32 * 16, 2 * 2 * 8 * 4 * 8)
+    assert linear.label() == "addmm 64x32 @ 32x16^T + bias float32"
+    rows = op_breakdown(timer, steps=1)["matmul_shapes"]
+    costliest_first = sorted([linear, scores], key=lambda shape: -timer.matmul_seconds[shape])
+    assert [row["label"] for row in rows] == [shape.label() for shape in costliest_first]
+    assert all(row["calls_per_step"] == 1 and row["flops_per_s"] > 0 for row in rows)
+    # Alone: the same op, shapes and layout, from the dict a worker process sends back.
+    again = MatmulShape(**rows[0]["shape"])
+    args = operands(again)
+    assert len(args) == (3 if again.added else 2)
+    a, b = args[-2:]
+    assert (tuple(a.shape), tuple(b.shape)) == (tuple(again.a), tuple(again.b))
+    assert (a.stride(-1) != 1, b.stride(-1) != 1) == (again.a_transposed, again.b_transposed)
+    rates = time_alone(again, reps=2, evict_bytes=1 << 20)
+    assert set(rates) == {"warm", "cold"} and all(rate > 0 for rate in rates.values())
+
+
 def test_loss_rows_workers_give_what_the_harness_reads(tmp_path):
     from bench import bench_loss
 
